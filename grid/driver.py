@@ -1,0 +1,134 @@
+"""The researcher's one command: ingest -> EssNet -> generate -> Tune grid -> analysis, in one Ray driver.
+
+Every stage is idempotent and recorded in the experiment directory, so `essgrid run` on an existing experiment and
+`essgrid resume EXP` are the same walk: finished stages are skipped, unfinished shards redone, the Tune experiment
+restored. A driver killed with SIGKILL leaves its local Ray cluster running; the next driver for the same experiment
+stops those leftovers (and only those) before starting its own cluster.
+"""
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import time
+
+from datasets import uri as U
+from datasets.errors import EssgridError
+from grid.config import ExperimentConfig
+from grid.experiment import Experiment
+
+log = logging.getLogger(__name__)
+
+
+def _stop_leftover_cluster(exp: Experiment, say=print) -> None:
+    """Kill the processes of a local Ray cluster that an earlier, dead driver of this experiment started."""
+    rec_uri = exp.path("ray_local.json")
+    if not U.exists(rec_uri):
+        return
+    import psutil
+
+    rec = U.read_json(rec_uri)
+    if psutil.pid_exists(int(rec.get("driver_pid", -1))) and int(rec["driver_pid"]) != os.getpid():
+        try:
+            if "essgrid" in " ".join(psutil.Process(int(rec["driver_pid"])).cmdline()):
+                raise EssgridError(f"{exp.root}: another essgrid driver (pid {rec['driver_pid']}) is running this "
+                                   "experiment; stop it first")
+        except psutil.Error:
+            pass
+    session = os.path.basename(str(rec.get("session_dir", "")).rstrip("/"))
+    if not session:
+        return
+    killed = 0
+    for p in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if p.pid != os.getpid() and session in " ".join(p.info["cmdline"] or []):
+                p.kill()
+                killed += 1
+        except psutil.Error:
+            continue
+    if killed:
+        say(f"[ray] stopped {killed} leftover process(es) of the interrupted run's local cluster ({session})")
+    U.delete(rec_uri)
+
+
+@contextlib.contextmanager
+def ray_session(exp: Experiment, address: str | None, say=print):
+    """Connect to `address`, or start a local cluster (address="local") recorded in the experiment."""
+    import ray
+
+    if ray.is_initialized():  # a caller (a notebook, a test) already holds a session: use it as it is
+        yield
+        return
+    env = {"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}}
+    if address:
+        ray.init(address=address, runtime_env=env, log_to_driver=True)
+    else:
+        _stop_leftover_cluster(exp, say)
+        ctx = ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=env)
+        if not U.is_remote(exp.root):
+            U.write_json(exp.path("ray_local.json"), {"driver_pid": os.getpid(),
+                                                      "session_dir": ctx.address_info.get("session_dir", "")})
+    try:
+        yield
+    finally:
+        ray.shutdown()
+        if not address and U.exists(exp.path("ray_local.json")):
+            U.delete(exp.path("ray_local.json"))
+
+
+def run_experiment(cfg: ExperimentConfig, exp_root: str, address: str | None = None, say=print,
+                   analyze: bool = True) -> dict:
+    """Run (or continue) the whole experiment in `exp_root`. Returns stage figures.
+
+    Raises:
+        EssgridError: bad config, data or experiment (the message names the field or file).
+    """
+    from grid.generate import run_generate
+    from grid.stages import run_essnet, run_ingest
+    from grid.tune_stage import run_grid
+
+    exp = Experiment(exp_root)
+    exp.check_compatible(cfg)
+    exp.save_config(cfg)
+    say(f"[essgrid] experiment {exp.root} (preset {cfg.preset})")
+    t0 = time.time()
+    out: dict = {}
+    with ray_session(exp, address, say):
+        out["ingest"] = run_ingest(exp, cfg, say)
+        out["essnet"] = run_essnet(exp, cfg, say)
+        out["generate"] = run_generate(exp, cfg, say)
+        out["grid"] = run_grid(exp, cfg, say)
+    out["wall_s"] = time.time() - t0
+    if analyze:
+        out["analysis"] = run_analysis(exp, cfg, say)
+    say(f"[essgrid] finished in {out['wall_s'] / 60:.1f} min")
+    return out
+
+
+def run_analysis(exp: Experiment, cfg: ExperimentConfig, say=print):
+    """Stage 5: results table, statistics, figures and report; prints the summary and the alignment scores."""
+    from analysis.report import analyze, format_summary_table
+    from grid.stages import generator_runs, read_alignment
+
+    res = analyze([exp.root], None)
+    table = getattr(res, "summary_table", None)
+    say("")
+    say(format_summary_table(table) if table is not None else str(res))
+    for g, r in generator_runs(cfg):
+        a = read_alignment(exp, g, r) or {}
+        say(f"[alignment] {g}-r{r}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
+                                                  for k, v in a.items()))
+    for what in ("results", "report"):
+        p = getattr(res, what, None) or getattr(res, f"{what}_path", None)
+        if p:
+            say(f"[essgrid] {what}: {p}")
+    return res
+
+
+def resume_experiment(exp_root: str, address: str | None = None, say=print) -> dict:
+    """Continue an experiment with the config saved in it."""
+    exp = Experiment(exp_root)
+    cfg = exp.saved_config()
+    if cfg is None:
+        raise EssgridError(f"{exp_root}: not an essgrid experiment (no config.yaml); start one with `essgrid run`")
+    return run_experiment(cfg, exp_root, address=address, say=say)
