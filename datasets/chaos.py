@@ -156,6 +156,11 @@ def _subdirs(folder: Path) -> list[Path]:
     return sorted((p for p in folder.iterdir() if _visible(p) and p.is_dir()), key=lambda p: natural_key(p.name))
 
 
+def _folder_id(path: Path) -> str:
+    """A patient's id is its folder name ("." resolved first, so reading from inside a patient folder works)."""
+    return path.name or path.resolve().name
+
+
 def _require_dir(path: Path, what: str) -> None:
     if not path.exists():
         raise ChaosError(f"{path}: {what} does not exist")
@@ -179,8 +184,8 @@ def _patients_in(folder: Path, modality: str | None) -> list[PatientRef]:
     for child in _subdirs(folder):
         found = _patient_modality(child)
         if found is None:
-            want = {"CT": "DICOM_anon/", "MR": "T1DUAL/ or T2SPIR/"}.get(modality or "", "DICOM_anon/, T1DUAL/ or "
-                                                                              "T2SPIR/")
+            want = {"CT": "DICOM_anon/", "MR": "T1DUAL/ or T2SPIR/"}.get(modality or "", "DICOM_anon/ (CT) or "
+                                                                        "T1DUAL/ and/or T2SPIR/ (MR)")
             raise ChaosError(f"{child}: not a CHAOS patient folder (expected it to hold {want})")
         if modality is not None and found != modality:
             raise ChaosError(f"{child}: an {found} patient folder inside the {modality} folder {folder}")
@@ -206,7 +211,7 @@ def find_patients(root: str | Path) -> list[PatientRef]:
     _require_dir(root, "CHAOS folder")
     modality = _patient_modality(root)
     if modality is not None:
-        return [PatientRef(modality, root.name, root)]
+        return [PatientRef(modality, _folder_id(root), root)]
     tops = [m for m in MODALITIES if (root / m).is_dir()]
     if tops:
         refs = [ref for m in tops for ref in _patients_in(root / m, m)]
@@ -293,7 +298,7 @@ def list_series(root: str | Path, modalities: Iterable[str] | str = MODALITIES,
         ChaosError: as `find_patients`, or none of `modalities` is present.
         ConfigError: an unknown modality or sequence.
     """
-    sequences = _check_sequences(sequences) if "MR" in _check_modalities(modalities) else ("T2SPIR",)
+    sequences = _check_sequences(sequences)  # checked even for CT only: a typo is never silently ignored
     return [s for p in _select(root, modalities) for s in patient_series(p, sequences)]
 
 
@@ -540,7 +545,7 @@ def read_patient(path: str | Path, modality: str | None = None,
         _check_modalities((modality,))
         if found != modality:
             raise ChaosError(f"{path}: a {found} patient folder where {modality} is expected")
-    return _read_patient(PatientRef(found, path.name, path), _check_sequences(sequences))
+    return _read_patient(PatientRef(found, _folder_id(path), path), _check_sequences(sequences))
 
 
 def iter_volumes(root: str | Path, modalities: Iterable[str] | str = MODALITIES,
@@ -560,8 +565,7 @@ def iter_volumes(root: str | Path, modalities: Iterable[str] | str = MODALITIES,
         ChaosError: a tree or file CHAOS would not have; none of `modalities` present.
         ConfigError: an unknown modality or sequence.
     """
-    modalities = _check_modalities(modalities)
-    sequences = _check_sequences(sequences) if "MR" in modalities else ("T2SPIR",)
+    sequences = _check_sequences(sequences)  # checked even for CT only: a typo is never silently ignored
     patients = _select(root, modalities)
     for patient in patients:  # list every series first: a missing folder fails before minutes of reading
         patient_series(patient, sequences)

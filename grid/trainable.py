@@ -150,17 +150,19 @@ def run_trial(config: dict) -> None:
             m in spec.trial_id for m in cfg_dict["debug"]["nan_trials"]):
         data["train_images"][:] = np.nan  # the U-Net loop's NaN guard must stop this trial with a clear error
     cpus = int(max(1, cfg.grid.cpus_per_trial))
+    resumed_from = int(state.get("step", -1)) if state else -1
     curve_rows = []
     for ev in train_unet(data["train_images"], data["train_masks"], data["val"], data["test"], ucfg,
                          checkpoint=state, num_threads=cpus):
         _maybe_inject_fault(cfg_dict, spec, exp, ev.step)
         metrics = {"step": ev.step, **{k: float(v) for k, v in ev.metrics.items()}, "done": bool(ev.done),
-                   "n_real": data["mix"].n_real, "n_syn": data["mix"].n_syn}
-        curve_rows.append({k: metrics[k] for k in metrics if k not in ("done",)})
+                   "n_real": data["mix"].n_real, "n_syn": data["mix"].n_syn, "resumed_from": resumed_from}
+        curve_rows.append({k: metrics[k] for k in metrics if k not in ("done", "resumed_from")})
+        _append_curve(exp, spec, curve_rows[-1:])
         if ev.done:
             df = result_frame(spec, cfg, data["mix"], ev.test_results, config_hash=config["config_hash"],
                               wall_s=time.time() - t0, steps=ev.step)
-            _append_curve(exp, spec, curve_rows)
+            _save_model(exp, spec, ev, cfg)
             _write_parquet(df, result_uri)
             metrics["test_dice"] = float(df["dice"].mean())
             tune.report(metrics)
@@ -170,8 +172,17 @@ def run_trial(config: dict) -> None:
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
 
 
+def _save_model(exp: Experiment, spec: TrialSpec, ev, cfg) -> None:
+    """The selected (best on validation) U-Net of a finished trial, for `essgrid predict`."""
+    from models.predict import unet_export
+
+    buf = io.BytesIO()
+    unet_export(ev.checkpoint, buf, size=cfg.ingest.size, modality="MR", sequence=cfg.ingest.sequence)
+    U.write_bytes(U.join(exp.path("models"), f"{spec.trial_id}.pt"), buf.getvalue())
+
+
 def _append_curve(exp: Experiment, spec: TrialSpec, rows: list[dict]) -> None:
-    """Write the trial's evaluation curve (merged with what earlier attempts logged before a restore)."""
+    """Add evaluations to the trial's curve (rows from an attempt before a restore are replaced, not repeated)."""
     uri = U.join(exp.curves_dir, f"{spec.trial_id}.csv")
     df = pd.DataFrame(rows)
     if U.exists(uri):

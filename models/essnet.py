@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from datasets.errors import ConfigError
@@ -157,11 +156,22 @@ class ImagePool:
         return torch.cat(out, 0)
 
     def state_dict(self) -> dict[str, Any]:
-        return {"images": [im.cpu() for im in self.images], "rng": self.rng.get_state()}
+        return {"images": [im.to("cpu", copy=True) for im in self.images], "rng": self.rng.get_state()}
 
     def load_state_dict(self, state: dict[str, Any], device: torch.device) -> None:
         self.images = [im.to(device) for im in state["images"]]
         self.rng.set_state(state["rng"])
+
+
+def _cpu_copy(obj: Any) -> Any:
+    """Deep copy of nested dicts/lists with every tensor copied to CPU."""
+    if isinstance(obj, torch.Tensor):
+        return obj.detach().to("cpu", copy=True)
+    if isinstance(obj, dict):
+        return {k: _cpu_copy(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return type(obj)(_cpu_copy(v) for v in obj)
+    return obj
 
 
 class EssNet:
@@ -188,7 +198,7 @@ class EssNet:
         )
         self.generators: tuple[nn.Module, ...] = (self.netG_A, self.netG_B) + ((self.netS,) if self.netS else ())
         self.discriminators: tuple[nn.Module, ...] = (self.netD_A, self.netD_B)
-        for net in self.generators + self.discriminators:
+        for _, net in self.named_networks():  # netS last: both variants start from the same G_A, G_B, D_A, D_B
             init_weights(net, cfg.init_gain, generator=init_rng)
             net.to(self.device, memory_format=self.memory_format)
             if cfg.compile:
@@ -262,18 +272,19 @@ class EssNet:
         cfg = self.cfg
         zero = torch.zeros((), device=self.device)
         loss_idt_A = loss_idt_B = zero
-        if cfg.lambda_identity > 0:
-            loss_idt_A = self.criterionIdt(self.netG_A(real_B).float(), real_B) * cfg.lambda_B * cfg.lambda_identity
-            loss_idt_B = self.criterionIdt(self.netG_B(real_A).float(), real_A) * cfg.lambda_A * cfg.lambda_identity
-        loss_G_A = self.criterionGAN(self.netD_A(v["fake_B"]), True)
-        loss_G_B = self.criterionGAN(self.netD_B(v["fake_A"]), True)
-        loss_cycle_A = self.criterionCycle(v["rec_A"].float(), real_A) * cfg.lambda_A
-        loss_cycle_B = self.criterionCycle(v["rec_B"].float(), real_B) * cfg.lambda_B
-        names = ("loss_G_A", "loss_G_B", "loss_cycle_A", "loss_cycle_B", "loss_idt_A", "loss_idt_B")
-        terms = [loss_G_A, loss_G_B, loss_cycle_A, loss_cycle_B, loss_idt_A, loss_idt_B]
-        if self.netS is not None:
-            names += ("loss_seg",)
-            terms.append(dice_ce_loss(v["seg_fake_B"], mask_A) * cfg.lambda_seg)
+        with self._autocast():
+            if cfg.lambda_identity > 0:
+                loss_idt_A = self.criterionIdt(self.netG_A(real_B).float(), real_B) * cfg.lambda_B * cfg.lambda_identity
+                loss_idt_B = self.criterionIdt(self.netG_B(real_A).float(), real_A) * cfg.lambda_A * cfg.lambda_identity
+            loss_G_A = self.criterionGAN(self.netD_A(v["fake_B"]), True)
+            loss_G_B = self.criterionGAN(self.netD_B(v["fake_A"]), True)
+            loss_cycle_A = self.criterionCycle(v["rec_A"].float(), real_A) * cfg.lambda_A
+            loss_cycle_B = self.criterionCycle(v["rec_B"].float(), real_B) * cfg.lambda_B
+            names = ("loss_G_A", "loss_G_B", "loss_cycle_A", "loss_cycle_B", "loss_idt_A", "loss_idt_B")
+            terms = [loss_G_A, loss_G_B, loss_cycle_A, loss_cycle_B, loss_idt_A, loss_idt_B]
+            if self.netS is not None:
+                names += ("loss_seg",)
+                terms.append(dice_ce_loss(v["seg_fake_B"], mask_A) * cfg.lambda_seg)
         losses = self._check(names, torch.stack([t.detach().float() for t in terms]))
         torch.stack(terms).sum().backward()
         return losses
@@ -285,10 +296,12 @@ class EssNet:
         return (loss_D_real + loss_D_fake) * 0.5
 
     def backward_D(self, real_A: torch.Tensor, real_B: torch.Tensor, v: dict[str, torch.Tensor]) -> dict[str, float]:
+        """Both discriminators' losses (on pooled fakes), checked for NaN/inf, then backward."""
         fake_B = self.fake_B_pool.query(v["fake_B"])
         fake_A = self.fake_A_pool.query(v["fake_A"])
-        loss_D_A = self.backward_D_basic(self.netD_A, real_B, fake_B)
-        loss_D_B = self.backward_D_basic(self.netD_B, real_A, fake_A)
+        with self._autocast():
+            loss_D_A = self.backward_D_basic(self.netD_A, real_B, fake_B)
+            loss_D_B = self.backward_D_basic(self.netD_B, real_A, fake_A)
         losses = self._check(("loss_D_A", "loss_D_B"), torch.stack([loss_D_A.detach(), loss_D_B.detach()]))
         (loss_D_A + loss_D_B).backward()
         return losses
@@ -314,16 +327,16 @@ class EssNet:
         self.set_lr(self.step)
         with self._autocast():
             v = self.forward(real_A, real_B)
-            # G_A, G_B (and S)
-            set_requires_grad(self.discriminators, False)
-            self.optimizer_G.zero_grad(set_to_none=True)
-            losses = self.backward_G(real_A, mask_A, real_B, v)
-            self.optimizer_G.step()
-            # D_A and D_B
-            set_requires_grad(self.discriminators, True)
-            self.optimizer_D.zero_grad(set_to_none=True)
-            losses |= self.backward_D(real_A, real_B, v)
-            self.optimizer_D.step()
+        # G_A, G_B (and S)
+        set_requires_grad(self.discriminators, False)  # Ds need no gradients during the G step
+        self.optimizer_G.zero_grad(set_to_none=True)
+        losses = self.backward_G(real_A, mask_A, real_B, v)
+        self.optimizer_G.step()
+        # D_A and D_B
+        set_requires_grad(self.discriminators, True)
+        self.optimizer_D.zero_grad(set_to_none=True)
+        losses |= self.backward_D(real_A, real_B, v)
+        self.optimizer_D.step()
         self.step += 1
         return losses
 
@@ -333,32 +346,31 @@ class EssNet:
         mask_A = self._to_device(mask_A, "mask_A", False)
         with self._autocast():
             v = self.forward(real_A, real_B)
-            set_requires_grad(self.discriminators, False)
-            self.optimizer_G.zero_grad(set_to_none=True)
-            losses = self.backward_G(real_A, mask_A, real_B, v)
-            self.optimizer_G.step()
-            set_requires_grad(self.discriminators, True)
+        set_requires_grad(self.discriminators, False)
+        self.optimizer_G.zero_grad(set_to_none=True)
+        losses = self.backward_G(real_A, mask_A, real_B, v)
+        self.optimizer_G.step()
+        set_requires_grad(self.discriminators, True)
         return losses
 
     def optimize_D_only(self, real_A: torch.Tensor, real_B: torch.Tensor) -> dict[str, float]:
         """A discriminator step with the generators fixed (for tests and diagnostics)."""
         real_A, real_B = self._to_device(real_A, "real_A", True), self._to_device(real_B, "real_B", True)
-        with self._autocast():
-            with torch.no_grad():
-                v = self.forward(real_A, real_B)
-            self.optimizer_D.zero_grad(set_to_none=True)
-            losses = self.backward_D(real_A, real_B, v)
-            self.optimizer_D.step()
+        with torch.no_grad(), self._autocast():
+            v = self.forward(real_A, real_B)
+        self.optimizer_D.zero_grad(set_to_none=True)
+        losses = self.backward_D(real_A, real_B, v)
+        self.optimizer_D.step()
         return losses
 
     # ---- checkpoint state --------------------------------------------------------------------------------------
     def state_dict(self) -> dict[str, Any]:
-        """Plain containers and tensors only (loadable with weights_only=True)."""
+        """A deep copy in plain containers and CPU tensors (loadable with weights_only=True; no aliasing of live state)."""
         state: dict[str, Any] = {"config": self.cfg.to_dict(), "step": self.step}
         for name, net in self.named_networks():
-            state[name] = {k: t.detach().cpu() for k, t in net.state_dict().items()}
-        state["optimizer_G"] = self.optimizer_G.state_dict()
-        state["optimizer_D"] = self.optimizer_D.state_dict()
+            state[name] = {k: t.detach().to("cpu", copy=True) for k, t in net.state_dict().items()}
+        state["optimizer_G"] = _cpu_copy(self.optimizer_G.state_dict())
+        state["optimizer_D"] = _cpu_copy(self.optimizer_D.state_dict())
         state["fake_A_pool"] = self.fake_A_pool.state_dict()
         state["fake_B_pool"] = self.fake_B_pool.state_dict()
         return state
