@@ -25,7 +25,7 @@ from skimage.transform import resize
 
 CT_WINDOW: tuple[float, float] = (-160.0, 240.0)     # HU; abdomen / liver (level 40, width 400)
 MR_PERCENTILES: tuple[float, float] = (0.5, 99.5)    # of the body voxels
-MR_BODY_FRACTION = 0.05                              # body threshold, fraction of [min, p99.9]
+MR_BODY_FRACTION = 0.10                              # body threshold, fraction of [min, p99.9]
 PROBABILITY_THRESHOLD = 0.5
 
 
@@ -128,6 +128,35 @@ def resize_mask(mask: np.ndarray, size: int) -> np.ndarray:
     return (out > 0).astype(np.uint8)
 
 
+def normalise_image(image: np.ndarray, modality: str, size: int, *,
+                    ct_window: tuple[float, float] = CT_WINDOW,
+                    mr_percentiles: tuple[float, float] = MR_PERCENTILES) -> np.ndarray:
+    """The image half of `preprocess_volume`, for a bare series (e.g. predicting on new DICOMs): same numbers.
+
+    Args:
+        image: float [Z, H, W]; CT in HU, MR raw.
+        modality: "CT" or "MR".
+        size: the square output size S (>= 8).
+        ct_window, mr_percentiles: as `window_ct` / `normalize_mr`.
+    Returns:
+        float32 [Z, S, S] in [-1, 1].
+    Raises:
+        ValueError: size < 8, an image that is not [Z, H, W], or a modality other than "CT"/"MR".
+    """
+    if isinstance(size, bool) or int(size) != size or size < 8:
+        raise ValueError(f"size: {size!r}; expected an integer >= 8")
+    image = np.asarray(image)
+    if image.ndim != 3 or min(image.shape) < 1:
+        raise ValueError(f"image must be [Z, H, W], got shape {image.shape}")
+    if modality == "CT":
+        normalised = window_ct(image, ct_window)
+    elif modality == "MR":
+        normalised = normalize_mr(image, mr_percentiles)
+    else:
+        raise ValueError(f"modality {modality!r}; expected 'CT' or 'MR'")
+    return np.clip(resize_image(normalised, int(size)), -1.0, 1.0)
+
+
 def preprocess_volume(vol, size: int, *, ct_window: tuple[float, float] = CT_WINDOW,
                       mr_percentiles: tuple[float, float] = MR_PERCENTILES) -> PreprocessedVolume:
     """Normalise and resize one `datasets.chaos.Volume` (pure: the input is not modified).
@@ -143,23 +172,16 @@ def preprocess_volume(vol, size: int, *, ct_window: tuple[float, float] = CT_WIN
     Raises:
         ValueError: size < 8, an image that is not [Z, H, W], or a modality other than "CT"/"MR".
     """
-    if int(size) != size or size < 8:
-        raise ValueError(f"size: {size!r}; expected an integer >= 8")
-    size = int(size)
     image = np.asarray(vol.image)
-    if image.ndim != 3 or min(image.shape) < 1:
-        raise ValueError(f"patient {vol.patient_id!r}: image must be [Z, H, W], got shape {image.shape}")
-    if vol.modality == "CT":
-        normalised = window_ct(image, ct_window)
-    elif vol.modality == "MR":
-        normalised = normalize_mr(image, mr_percentiles)
-    else:
-        raise ValueError(f"patient {vol.patient_id!r}: modality {vol.modality!r}; expected 'CT' or 'MR'")
+    try:
+        normalised = normalise_image(image, vol.modality, size, ct_window=ct_window, mr_percentiles=mr_percentiles)
+    except ValueError as e:
+        raise ValueError(f"patient {vol.patient_id!r}: {e}") from None
     liver = None if vol.liver is None else np.asarray(vol.liver, dtype=bool)
     return PreprocessedVolume(
         patient_id=str(vol.patient_id), modality=vol.modality, sequence=vol.sequence,
-        image=np.clip(resize_image(normalised, size), -1.0, 1.0),
-        mask=None if liver is None else resize_mask(liver, size),
+        image=normalised,
+        mask=None if liver is None else resize_mask(liver, int(size)),
         mask_native=None if liver is None else liver.copy(),
         spacing=tuple(float(s) for s in vol.spacing),
         native_shape=(int(image.shape[1]), int(image.shape[2])),

@@ -83,6 +83,8 @@ def run_experiment(cfg: ExperimentConfig, exp_root: str, address: str | None = N
     Raises:
         EssgridError: bad config, data or experiment (the message names the field or file).
     """
+    from grid.alignment import run_alignment
+    from grid.config import stage_key
     from grid.generate import run_generate
     from grid.stages import run_essnet, run_ingest
     from grid.tune_stage import run_grid
@@ -97,6 +99,7 @@ def run_experiment(cfg: ExperimentConfig, exp_root: str, address: str | None = N
         out["ingest"] = run_ingest(exp, cfg, say)
         out["essnet"] = run_essnet(exp, cfg, say)
         out["generate"] = run_generate(exp, cfg, say)
+        out["alignment"] = run_alignment(exp, cfg, stage_key(cfg, "trials"), say)
         out["grid"] = run_grid(exp, cfg, say)
     out["wall_s"] = time.time() - t0
     if analyze:
@@ -114,10 +117,16 @@ def run_analysis(exp: Experiment, cfg: ExperimentConfig, say=print):
     table = getattr(res, "summary_table", None)
     say("")
     say(format_summary_table(table) if table is not None else str(res))
+    ref = exp.stage_record("alignment") or {}
     for g, r in generator_runs(cfg):
         a = read_alignment(exp, g, r) or {}
-        say(f"[alignment] {g}-r{r}: " + ", ".join(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}"
-                                                  for k, v in a.items()))
+        own = a.get("seg_alignment_dice")
+        ref_score = ref.get("scores", {}).get(f"{g}-r{r}")
+        say(f"[alignment] {g}-r{r}: reference U-Net Dice vs carried CT masks "
+            f"{'n/a' if ref_score is None else f'{ref_score:.3f}'}; netS on held-out CT "
+            f"{'n/a (no netS)' if own is None else f'{float(own):.3f}'}")
+    if "untranslated_ct" in ref.get("scores", {}):
+        say(f"[alignment] untranslated CT (the floor): {ref['scores']['untranslated_ct']:.3f}")
     for what in ("results", "report"):
         p = getattr(res, what, None) or getattr(res, f"{what}_path", None)
         if p:

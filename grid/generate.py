@@ -31,25 +31,29 @@ MAX_SHARD_RETRIES = 3
 class Translator:
     """Holds one generator (netG_A, and netS when there is one) and translates whole shards."""
 
-    def __init__(self, exp_root: str, generator: str, replicate: int, batch_size: int, debug: dict | None = None):
+    def __init__(self, exp_root: str, generator: str, replicate: int, batch_size: int, sequence: str,
+                 debug: dict | None = None):
         import torch
 
         from models.translate import load_generator
 
         self.exp = Experiment(exp_root)
-        self.generator, self.replicate, self.batch_size = generator, replicate, batch_size
+        self.generator, self.replicate, self.batch_size, self.sequence = generator, replicate, batch_size, sequence
         self.debug = debug or {}
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         ckpt = U.join(self.exp.essnet_dir(generator, replicate), "checkpoint.pt")
-        self._tmp = None
-        if U.is_remote(ckpt):
-            self._tmp = tempfile.mkdtemp(prefix="essgrid-gen-")
-            local = os.path.join(self._tmp, "checkpoint.pt")
-            with open(local, "wb") as f:
-                f.write(U.read_bytes(ckpt))
-            ckpt = local
         torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1"))))
-        self.model = load_generator(ckpt, self.device)
+        if U.is_remote(ckpt):  # load from a local copy, then drop it: the weights live in memory from here on
+            tmp = tempfile.mkdtemp(prefix="essgrid-gen-")
+            try:
+                local = os.path.join(tmp, "checkpoint.pt")
+                with open(local, "wb") as f:
+                    f.write(U.read_bytes(ckpt))
+                self.model = load_generator(local, self.device)
+            finally:
+                shutil.rmtree(tmp, ignore_errors=True)
+        else:
+            self.model = load_generator(ckpt, self.device)
 
     def run_shard(self, shard: str, store_key: str) -> dict:
         """Translate CT patient `shard` and commit it to the synthetic store; returns timings."""
@@ -68,7 +72,7 @@ class Translator:
         self._maybe_die(shard)
         out = translate(self.model, images, masks, batch_size=self.batch_size, device=self.device)
         t_gen = time.perf_counter()
-        table = synthetic_table(ct, out, self.generator, self.replicate, store_key)
+        table = synthetic_table(ct, out, self.generator, self.replicate, self.sequence, store_key)
         store = SliceStore(self.exp.synthetic_store(self.generator, self.replicate), config_hash=store_key,
                            kind="synthetic_mr")
         store.write_shard(shard, table)
@@ -85,12 +89,8 @@ class Translator:
             U.write_text(marker, "1")
             os._exit(1)
 
-    def __del__(self):
-        if self._tmp:
-            shutil.rmtree(self._tmp, ignore_errors=True)
 
-
-def synthetic_table(ct, out, generator: str, replicate: int, store_key: str):
+def synthetic_table(ct, out, generator: str, replicate: int, sequence: str, store_key: str):
     """Synthetic MR rows: the CT slice's mask carried over, its provenance kept (source_patient)."""
     from datasets.store import slices_to_table
 
@@ -99,7 +99,7 @@ def synthetic_table(ct, out, generator: str, replicate: int, store_key: str):
     return slices_to_table(
         patient_id=pids,
         slice_index=ct.column("slice_index").to_numpy(),
-        modality="MR", sequence="synthetic", origin="synthetic", generator=generator, replicate=replicate,
+        modality="MR", sequence=sequence, origin="synthetic", generator=generator, replicate=replicate,
         source_patient=pids, split="train",
         image=np.asarray(out.fake_B, dtype=np.float32),
         mask=np.asarray(out.masks, dtype=np.uint8),
@@ -118,7 +118,7 @@ def run_generate(exp: Experiment, cfg: ExperimentConfig, say=print) -> dict:
     from datasets.store import SliceStore
 
     ct_store = SliceStore(exp.store("real_ct"))
-    shards = sorted({m["shard"] if isinstance(m, dict) else m for m in _shard_names(ct_store)})
+    shards = ct_store.committed_shards()
     figures = {}
     g = cfg.generate
     actor_cls = ray.remote(Translator)
@@ -129,6 +129,9 @@ def run_generate(exp: Experiment, cfg: ExperimentConfig, say=print) -> dict:
             say(f"[generate] {name}: done earlier")
             continue
         store = SliceStore(exp.synthetic_store(gen, rep), config_hash=key, kind="synthetic_mr", create=True)
+        torn = store.discard_uncommitted()  # only the driver repairs, before any actor writes
+        if torn:
+            say(f"[generate] {name}: removed {len(torn)} torn or temporary file(s) left by an interrupted run")
         todo = [s for s in shards if not store.is_committed(s)]
         say(f"[generate] {name}: {len(shards) - len(todo)} of {len(shards)} shards done earlier; "
             f"{len(todo)} to translate with {min(g.actors, max(1, len(todo)))} actor(s)")
@@ -148,10 +151,6 @@ def run_generate(exp: Experiment, cfg: ExperimentConfig, say=print) -> dict:
     return figures
 
 
-def _shard_names(store) -> list:
-    return [m["shard"] if isinstance(m, dict) else getattr(m, "shard", m) for m in store.committed_shards()]
-
-
 def _run_pool(actor_cls, exp: Experiment, gen: str, rep: int, key: str, todo: list[str], cfg: ExperimentConfig,
               say) -> list[dict]:
     """Hand shards to idle actors; replace a dead actor and give its shard to the new one."""
@@ -163,7 +162,8 @@ def _run_pool(actor_cls, exp: Experiment, gen: str, rep: int, key: str, todo: li
 
     def make():
         return actor_cls.options(num_cpus=g.num_cpus_per_actor, num_gpus=g.num_gpus_per_actor,
-                                 max_restarts=0).remote(exp.root, gen, rep, g.batch_size, dict(cfg.debug))
+                                 max_restarts=0).remote(exp.root, gen, rep, g.batch_size, cfg.ingest.sequence,
+                                                        dict(cfg.debug))
 
     actors = [make() for _ in range(n_actors)]
     pending = list(todo)

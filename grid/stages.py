@@ -142,9 +142,8 @@ def train_generator(exp_root: str, cfg_dict: dict, generator: str, replicate: in
     if remote:
         U.upload_dir(out_dir, exp.essnet_dir(generator, replicate))
         shutil.rmtree(out_dir, ignore_errors=True)
-    align = getattr(res, "alignment", None)
-    return {"generator": generator, "replicate": replicate, "alignment_seg": align, "device": device,
-            "steps": getattr(res, "steps", None)}
+    return {"generator": generator, "replicate": replicate, "alignment_seg": res.alignment_dice, "device": device,
+            "steps": res.steps, "seconds": res.seconds}
 
 
 def run_essnet(exp: Experiment, cfg: ExperimentConfig, say=print) -> dict[str, dict]:

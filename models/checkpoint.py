@@ -6,7 +6,6 @@ directory and are renamed into place, so a crash mid-write leaves the previous c
 """
 from __future__ import annotations
 
-import io
 import os
 import tempfile
 from importlib import metadata

@@ -17,7 +17,7 @@ import pandas as pd
 import pyarrow.parquet as pq
 import pytest
 
-from tests.conftest import BIN, ROOT, cli_env, run_cli
+from cli_helpers import BIN, ROOT, cli_env, run_cli
 
 pytestmark = pytest.mark.slow
 

@@ -1,0 +1,189 @@
+"""Ray Tune overhead of the grid: K U-Net trials through Tune vs the same K trainings back to back in one process.
+
+Each trial is what grid/trainable.py does, on in-memory data: a U-Net (base 16, depth 4, 64x64) trained with
+`models.train_unet.train_unet` for --steps steps, evaluated every --eval-every steps on a validation volume, a
+checkpoint written (models.checkpoint.save_checkpoint into a temporary folder) at each evaluation but the last,
+and the test volume scored at the end. The data are synthetic blobs made in memory from the trial's seed, so both
+legs train exactly the same work with one torch thread per trial:
+
+1. plain: the K trainings back to back in this process (torch.set_num_threads(1)); their summed wall time.
+2. tune: `tune.Tuner(tune.with_resources(trial, {"cpu": 1}))` over the K seeds on `ray.init(num_cpus=--cpus)`,
+   `tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))` at each evaluation (the final one without
+   a checkpoint, as the real trainable), storage in a temporary folder; wall time of `Tuner.fit()`.
+
+The ideal grid wall time is plain sum / slots, slots = min(K, CPUs / CPUs per trial); the printed ratio
+grid wall / ideal is Tune's overhead (trial actors starting, reporting, checkpoints persisted to storage) plus
+whatever parallel trials lose to each other (memory bandwidth, a machine shared with other work). Goal: <= 1.1.
+`ray.init` is timed apart: the driver pays it once per experiment, not per grid.
+
+Usage:
+    python bench/grid_overhead.py                    # K=4, 100 steps, all CPUs: ~2 minutes on 2 cores
+    python bench/grid_overhead.py --k 8 --steps 200 --cpus 4 --repeats 2
+"""
+from __future__ import annotations
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # bench/ is not a package
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+
+import argparse  # noqa: E402
+import tempfile  # noqa: E402
+import time  # noqa: E402
+from typing import Any, Callable  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+GOAL = 1.1
+SIZE = 64
+N_TRAIN = 64
+N_EVAL_SLICES = 8
+
+
+def blobs(rng: np.random.Generator, n: int, size: int) -> tuple[np.ndarray, np.ndarray]:
+    """n slices [n, size, size]: a bright ellipse (the "liver", mask 1) and a dimmer one on a noisy background."""
+    yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
+    images = np.empty((n, size, size), np.float32)
+    masks = np.empty((n, size, size), np.uint8)
+    for i in range(n):
+        cy, cx, ry, rx = rng.uniform(0.3, 0.7), rng.uniform(0.25, 0.5), rng.uniform(0.1, 0.25), rng.uniform(0.1, 0.2)
+        liver = ((yy - cy) / ry) ** 2 + ((xx - cx) / rx) ** 2 < 1.0
+        oy, ox = rng.uniform(0.3, 0.7), rng.uniform(0.65, 0.8)
+        other = ((yy - oy) / 0.08) ** 2 + ((xx - ox) / 0.08) ** 2 < 1.0
+        img = -0.8 + 0.9 * liver + 0.5 * other + rng.normal(0.0, 0.08, (size, size))
+        images[i] = np.clip(img, -1.0, 1.0)
+        masks[i] = liver
+    return images, masks
+
+
+def train_trial(config: dict[str, Any], report: Callable[[dict, str | None], None]) -> dict[str, float]:
+    """One grid-like trial; `report(metrics, checkpoint_dir or None)` is called at each evaluation."""
+    import torch
+
+    from models.checkpoint import save_checkpoint
+    from models.train_unet import EvalVolume, UNetTrainConfig, train_unet
+
+    t0 = time.perf_counter()
+    torch.set_num_threads(1)
+    rng = np.random.default_rng(1000 + int(config["seed"]))
+    images, masks = blobs(rng, N_TRAIN, SIZE)
+    vols = []
+    for name in ("val", "test"):
+        v_img, v_mask = blobs(rng, N_EVAL_SLICES, SIZE)
+        vols.append(EvalVolume(patient_id=name, images=v_img, mask_native=v_mask.astype(bool),
+                               spacing=(1.5, 1.5, 6.0), native_shape=(SIZE, SIZE)))
+    cfg = UNetTrainConfig(base=16, depth=4, steps=int(config["steps"]), batch_size=8,
+                          eval_every=int(config["eval_every"]), seed=int(config["seed"]))
+    last: dict[str, float] = {}
+    for ev in train_unet(images, masks, [vols[0]], [vols[1]], cfg, num_threads=1):
+        metrics = {"step": ev.step, **{k: float(v) for k, v in ev.metrics.items()}, "done": bool(ev.done)}
+        if ev.done:
+            metrics["test_dice"] = float(np.mean([r["dice"] for r in ev.test_results]))
+            metrics["trial_wall_s"] = time.perf_counter() - t0
+            report(metrics, None)
+            last = metrics
+            break
+        with tempfile.TemporaryDirectory() as d:
+            save_checkpoint(os.path.join(d, "state.pt"), ev.checkpoint)
+            report(metrics, d)
+    return last
+
+
+def tune_trial(config: dict[str, Any]) -> None:
+    """The Tune function trainable wrapping `train_trial`."""
+    from ray import tune
+
+    def report(metrics: dict, ckpt_dir: str | None) -> None:
+        if ckpt_dir is None:
+            tune.report(metrics)
+        else:
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(ckpt_dir))
+
+    train_trial(config, report)
+
+
+def run_plain(k: int, steps: int, eval_every: int) -> tuple[float, list[float]]:
+    """The K trials back to back in this process; returns (summed wall, per-trial walls)."""
+    walls = []
+    for seed in range(k):
+        t0 = time.perf_counter()
+        out = train_trial({"seed": seed, "steps": steps, "eval_every": eval_every}, lambda m, d: None)
+        walls.append(time.perf_counter() - t0)
+        print(f"  plain trial {seed}: {walls[-1]:6.1f} s  (test dice {out['test_dice']:.3f})", flush=True)
+    return sum(walls), walls
+
+
+def run_tune(k: int, steps: int, eval_every: int, storage: str, name: str) -> tuple[float, list[float]]:
+    """The K trials through Ray Tune (one CPU each); returns (Tuner.fit wall, trial walls seen inside)."""
+    from ray import tune
+
+    tuner = tune.Tuner(
+        tune.with_resources(tune_trial, {"cpu": 1}),
+        param_space={"seed": tune.grid_search(list(range(k))), "steps": steps, "eval_every": eval_every},
+        run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0,
+                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
+    )
+    t0 = time.perf_counter()
+    grid = tuner.fit()
+    wall = time.perf_counter() - t0
+    errors = [r.error for r in grid if r.error]
+    if errors:
+        raise RuntimeError(f"{len(errors)} Tune trial(s) failed; first: {errors[0]}")
+    inner = [float(r.metrics["trial_wall_s"]) for r in grid]
+    return wall, inner
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--k", type=int, default=4, help="trials (default 4)")
+    parser.add_argument("--steps", type=int, default=100, help="optimizer steps per trial (default 100)")
+    parser.add_argument("--eval-every", type=int, default=20, help="evaluation + checkpoint period (default 20)")
+    parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPUs given to Ray (default: all)")
+    parser.add_argument("--repeats", type=int, default=1, help="run both legs this many times; best of each")
+    args = parser.parse_args()
+    if min(args.k, args.steps, args.eval_every, args.cpus, args.repeats) < 1:
+        parser.error("--k, --steps, --eval-every, --cpus and --repeats must be >= 1")
+
+    import ray
+    import torch
+
+    slots = min(args.k, args.cpus)  # one CPU per trial
+    print(f"grid overhead: K={args.k} trials, U-Net base 16 depth 4 {SIZE}x{SIZE}, {args.steps} steps batch 8, "
+          f"eval + checkpoint every {args.eval_every}; ray {ray.__version__}, torch {torch.__version__}, "
+          f"{os.cpu_count()} CPUs on this machine, {args.cpus} given to Ray", flush=True)
+    best_plain, best_tune, inner_best = float("inf"), float("inf"), []
+    with tempfile.TemporaryDirectory(prefix="essgrid-bench-grid-") as tmp:
+        t0 = time.perf_counter()
+        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False,
+                 logging_level="ERROR")
+        t_init = time.perf_counter() - t0
+        try:
+            for r in range(args.repeats):
+                print(f"repeat {r + 1}/{args.repeats}: plain leg", flush=True)
+                torch.set_num_threads(1)
+                plain, _ = run_plain(args.k, args.steps, args.eval_every)
+                print(f"repeat {r + 1}/{args.repeats}: Tune leg", flush=True)
+                wall, inner = run_tune(args.k, args.steps, args.eval_every, tmp, f"bench-{r}")
+                print(f"  plain sum {plain:.1f} s, Tune wall {wall:.1f} s "
+                      f"(trials inside Tune: {', '.join(f'{w:.1f}' for w in inner)} s)", flush=True)
+                best_plain = min(best_plain, plain)
+                if wall < best_tune:
+                    best_tune, inner_best = wall, inner
+        finally:
+            ray.shutdown()
+    ideal = best_plain / slots
+    ratio = best_tune / ideal
+    print()
+    print(f"ray.init (once per experiment, not counted): {t_init:6.1f} s")
+    print(f"plain sum of {args.k} trials:                {best_plain:6.1f} s  ({best_plain / args.k:.1f} s per trial)")
+    print(f"parallel slots (CPUs / 1 CPU per trial):    {slots:6d}")
+    print(f"ideal grid wall (plain sum / slots):        {ideal:6.1f} s")
+    print(f"Tune wall (Tuner.fit):                      {best_tune:6.1f} s  "
+          f"(mean trial inside Tune {np.mean(inner_best):.1f} s vs {best_plain / args.k:.1f} s plain)")
+    print(f"ratio grid wall / ideal:                    {ratio:6.2f}  goal <= {GOAL}: "
+          f"{'PASS' if ratio <= GOAL else 'MISS'}" + (f"  (best of {args.repeats})" if args.repeats > 1 else ""))
+
+
+if __name__ == "__main__":
+    main()
