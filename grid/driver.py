@@ -90,6 +90,7 @@ def run_experiment(cfg: ExperimentConfig, exp_root: str, address: str | None = N
     from grid.tune_stage import run_grid
 
     exp = Experiment(exp_root)
+    _check_data(cfg)
     exp.check_compatible(cfg)
     exp.save_config(cfg)
     say(f"[essgrid] experiment {exp.root} (preset {cfg.preset})")
@@ -106,6 +107,17 @@ def run_experiment(cfg: ExperimentConfig, exp_root: str, address: str | None = N
         out["analysis"] = run_analysis(exp, cfg, say)
     say(f"[essgrid] finished in {out['wall_s'] / 60:.1f} min")
     return out
+
+
+def _check_data(cfg: ExperimentConfig) -> None:
+    """A --data path that is missing or not CHAOS fails here, before the experiment or Ray is touched."""
+    if cfg.data.source == "phantom":
+        return
+    from datasets.chaos import find_patients
+
+    if not os.path.isdir(cfg.data.source):
+        raise EssgridError(f"data.source: {cfg.data.source}: CHAOS folder does not exist")
+    find_patients(cfg.data.source)
 
 
 def run_analysis(exp: Experiment, cfg: ExperimentConfig, say=print):

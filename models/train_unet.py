@@ -194,16 +194,16 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
     shift = (u[:, 2:4] * 2 - 1) * (2 * AUG_SHIFT)  # normalised coordinates span 2
     cos, sin = torch.cos(angle) * inv_scale, torch.sin(angle) * inv_scale
     theta = torch.stack([torch.stack([cos, -sin, shift[:, 0]], 1), torch.stack([sin, cos, shift[:, 1]], 1)], 1)
-    apply = u[:, 4] < AUG_P_AFFINE
-    theta[~apply] = torch.tensor([[1.0, 0.0, 0.0], [0.0, 1.0, 0.0]], dtype=torch.float64)
-    if bool(apply.any()):
-        grid = F.affine_grid(theta.to(device, torch.float32), list(x.shape), align_corners=False)  # [B, S, S, 2]
-        warped = F.grid_sample(x + 1.0, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1.0
-        y_warped = F.grid_sample(y[:, None].float(), grid, mode="nearest", padding_mode="zeros",
+    sel = torch.nonzero(u[:, 4] < AUG_P_AFFINE).flatten()  # slices that get an affine (warp only those)
+    if sel.numel():
+        sel_d = sel.to(device)
+        grid = F.affine_grid(theta[sel].to(device, torch.float32), [sel.numel(), *x.shape[1:]],
+                             align_corners=False)  # [b, S, S, 2]
+        warped = F.grid_sample(x[sel_d] + 1.0, grid, mode="bilinear", padding_mode="zeros", align_corners=False) - 1.0
+        y_warped = F.grid_sample(y[sel_d][:, None].float(), grid, mode="nearest", padding_mode="zeros",
                                  align_corners=False)[:, 0].long()
-        keep = apply.to(device)
-        x = torch.where(keep[:, None, None, None], warped, x)
-        y = torch.where(keep[:, None, None], y_warped, y)
+        x = x.index_copy(0, sel_d, warped)  # pads with -1 (background) where the warp leaves the image
+        y = y.index_copy(0, sel_d, y_warped)
     gamma = torch.exp((u[:, 5] * 2 - 1) * math.log(AUG_GAMMA)).to(device, torch.float32)[:, None, None, None]
     gain = (1.0 + (u[:, 6] * 2 - 1) * AUG_GAIN).to(device, torch.float32)[:, None, None, None]
     x01 = ((x + 1.0) * 0.5).clamp(0.0, 1.0) ** gamma
