@@ -145,7 +145,8 @@ def unet_export(checkpoint: dict[str, Any], file: str | os.PathLike | BinaryIO, 
     save_checkpoint(file, {
         "kind": EXPORT_KIND, "unet": dict(checkpoint["unet"]), "model": checkpoint["best_model"], "size": size,
         "modality": str(modality), "sequence": str(sequence), "config": dict(checkpoint["config"]),
-        "best_step": int(checkpoint.get("best_step", -1)), "val_dice": float(checkpoint.get("best_val_dice", float("nan"))),
+        "best_step": int(checkpoint.get("best_step", -1)),
+        "val_dice": float(checkpoint.get("best_val_dice", float("nan"))),
     })
 
 

@@ -17,6 +17,9 @@ selected model's scores on the test patients at native resolution.
 - Evaluation: every `eval_every` steps and at the end, the mean 3D Dice over the validation volumes at native
   resolution (`models.predict.predict_volume`); the best state (ties keep the earlier one) is kept and scores the
   test volumes on the final event. Without validation volumes the last state is the selected one (val_dice NaN).
+  Test rows (`score_volume`): the CHAOS 3D scores from `models.metrics`, plus dice_slice_mean / iou_slice_mean, the
+  mean 2D score over the slices where the prediction or the target has liver (slices empty in both are left out, so
+  the many liver-free slices do not inflate it; 1.0 when no slice has liver).
 - Speed: on CUDA bf16 autocast (`amp`), channels_last, fused AdamW, cudnn.benchmark, optional torch.compile; on CPU
   fp32 with `num_threads` threads. Loss values are checked for NaN/inf every step on CPU and in blocks of
   `_CUDA_CHECK_EVERY` steps on CUDA (one device sync per block), naming the first bad step either way.
@@ -39,19 +42,22 @@ import torch
 import torch.nn.functional as F
 
 from datasets.errors import ConfigError, EssgridError
+from models.checkpoint import CheckpointError
 from models.losses import NonFiniteLossError, check_finite, dice_ce_loss
-from models.metrics import compute_volume_metrics, slice_dice, slice_iou
+from models.metrics import compute_volume_metrics, dice, iou, ravd, slice_dice, slice_iou, surface_voxels
 from models.predict import predict_volume
 from models.unet import UNet
 
 __all__ = ["UNetTrainConfig", "EvalVolume", "UNetEvent", "train_unet", "lr_at", "augment_batch", "volume_dice",
-           "NonFiniteLossError"]
+           "score_volume", "NonFiniteLossError"]
 
 log = logging.getLogger(__name__)
 
 CHECKPOINT_FORMAT = 1
 _CUDA_CHECK_EVERY = 25  # loss finiteness checked once per this many steps on CUDA (one sync each)
 _RUNTIME_ONLY = ("compile", "eval_batch_size")  # config fields that may differ when resuming
+_CHECKPOINT_KEYS = ("config", "image_size", "n_train", "step", "model", "optimizer", "best_model", "best_val_dice",
+                    "best_step", "sampler", "rng")
 # Augmentation ranges (see the module docstring).
 AUG_P_AFFINE = 0.5
 AUG_ROTATE_DEG = 10.0
@@ -213,10 +219,31 @@ def augment_batch(x: torch.Tensor, y: torch.Tensor, gen: torch.Generator,
 
 
 def volume_dice(pred: np.ndarray, gt: np.ndarray) -> float:
-    """3D Dice of two bool volumes, via `models.metrics.compute_volume_metrics` conventions for empty masks."""
-    inter = int(np.logical_and(pred, gt).sum())
-    total = int(pred.sum()) + int(gt.sum())
-    return 1.0 if total == 0 else 2.0 * inter / total
+    """3D Dice of two bool volumes (`models.metrics.dice`: 1.0 when both are empty)."""
+    return dice(np.asarray(pred, dtype=bool), np.asarray(gt, dtype=bool))
+
+
+def _slice_mean(scores: np.ndarray) -> float:
+    """Mean over slices where either mask has liver (both-empty slices are NaN and left out); 1.0 if none has."""
+    scores = np.asarray(scores, dtype=np.float64)
+    return 1.0 if np.isnan(scores).all() else float(np.nanmean(scores))
+
+
+def score_volume(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[float]) -> dict[str, float]:
+    """The per-volume scores of a result row: CHAOS dice, iou, ravd, assd, mssd and the per-slice Dice/IoU means.
+
+    A mask with no surface (one that fills the whole volume: `models.metrics` counts outside the array as foreground)
+    gets assd = mssd = inf, as a missing surface does in `compute_volume_metrics`.
+    """
+    spacing = tuple(float(s) for s in spacing)
+    if (pred.any() and not surface_voxels(pred).any()) or (gt.any() and not surface_voxels(gt).any()):
+        m = {"dice": dice(pred, gt), "iou": iou(pred, gt), "ravd": ravd(pred, gt), "assd": math.inf, "mssd": math.inf}
+    else:
+        m = compute_volume_metrics(pred, gt, spacing)
+    out = {k: float(m[k]) for k in ("dice", "iou", "ravd", "assd", "mssd")}
+    out["dice_slice_mean"] = _slice_mean(slice_dice(pred, gt, empty=float("nan")))
+    out["iou_slice_mean"] = _slice_mean(slice_iou(pred, gt, empty=float("nan")))
+    return out
 
 
 def _cpu_clone(obj: Any) -> Any:
@@ -314,6 +341,7 @@ def train_unet(
     Raises:
         EssgridError: empty or mismatched training data, or bad eval volumes (names the argument).
         ConfigError: a checkpoint written with another configuration (names the field).
+        CheckpointError: a checkpoint that lacks an entry train_unet writes.
         NonFiniteLossError: the loss became NaN or inf (names the term and step).
     """
     multiple = 2**cfg.depth
@@ -348,7 +376,10 @@ def train_unet(
     step, best_val, best_step, best_state = 0, -math.inf, 0, None
     last_metrics: dict[str, float] = {}
     if checkpoint is not None:
-        saved = checkpoint.get("config", {})
+        missing = [k for k in _CHECKPOINT_KEYS if k not in checkpoint]
+        if missing:
+            raise CheckpointError(f"U-Net checkpoint lacks {missing} (not written by train_unet?)")
+        saved = checkpoint["config"]
         now = cfg.to_dict()
         for key in now:
             if key not in _RUNTIME_ONLY and saved.get(key) != now[key]:
@@ -392,10 +423,7 @@ def train_unet(
         rows = []
         for v, pred in zip(test, evaluate(test)):
             gt = np.asarray(v.mask_native, dtype=bool)
-            m = compute_volume_metrics(pred, gt, spacing=tuple(float(s) for s in v.spacing))
-            rows.append({"patient_id": v.patient_id, **{k: float(m[k]) for k in ("dice", "iou", "ravd", "assd", "mssd")},
-                         "dice_slice_mean": float(np.mean(slice_dice(pred, gt))),
-                         "iou_slice_mean": float(np.mean(slice_iou(pred, gt))),
+            rows.append({"patient_id": v.patient_id, **score_volume(pred, gt, v.spacing),
                          "best_step": int(best_step), "val_dice": float(best_val) if val else float("nan")})
         model.load_state_dict(current)
         return rows
@@ -443,8 +471,8 @@ def train_unet(
         check_pending(step - len(pending) + 1)
         dices = [volume_dice(p, np.asarray(v.mask_native, dtype=bool)) for v, p in zip(val, evaluate(val))]
         val_dice = float(np.mean(dices)) if dices else float("nan")
-        if best_state is None or (dices and val_dice > best_val) or not dices:
-            best_val, best_step, best_state = (val_dice if dices else float("nan")), step, _cpu_clone(model.state_dict())
+        if best_state is None or not dices or val_dice > best_val:  # no val volumes: the last state is selected
+            best_val, best_step, best_state = val_dice, step, _cpu_clone(model.state_dict())
         last_metrics = {"loss": loss_sum / max(1, loss_n), "val_dice": val_dice, "best_val_dice": float(best_val),
                         "best_step": float(best_step), "lr": float(lr)}
         loss_sum, loss_n = 0.0, 0

@@ -10,7 +10,7 @@ import torch
 from datasets.errors import ConfigError, EssgridError
 from datasets.preprocess import resize_image, resize_mask
 from models import train_unet as T
-from models.checkpoint import load_checkpoint, save_checkpoint
+from models.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from models.losses import NonFiniteLossError
 from models.predict import load_unet, predict_volume
 from models.train_unet import EvalVolume, UNetTrainConfig, augment_batch, lr_at, train_unet
@@ -227,6 +227,9 @@ def test_resume_with_another_config_names_the_field(data):
     events = run(data, tiny(steps=4, eval_every=2))
     with pytest.raises(ConfigError, match="lr"):
         run(data, tiny(steps=4, eval_every=2, lr=1e-2), checkpoint=events[0].checkpoint)
+    with pytest.raises(CheckpointError, match="optimizer"):
+        run(data, tiny(steps=4, eval_every=2), checkpoint={k: v for k, v in events[0].checkpoint.items()
+                                                           if k != "optimizer"})
 
 
 def test_without_validation_volumes_the_last_state_is_selected(data):
@@ -292,3 +295,17 @@ def test_augmentation_keeps_shapes_ranges_and_binary_masks_and_is_seeded(data):
     has = ya.sum((1, 2)) > 0
     com = (ya.float().sum(1) * cols).sum(1)[has] / ya.float().sum((1, 2))[has]
     assert (com < SIZE / 2).all()
+
+
+def test_score_volume_slice_means_skip_empty_slices_and_survive_a_full_prediction():
+    gt = np.zeros((3, 8, 8), bool)
+    gt[1, 2:5, 2:5] = True
+    exact = T.score_volume(gt.copy(), gt, (1.0, 1.0, 2.0))
+    assert exact["dice"] == 1.0 and exact["assd"] == 0.0 and exact["dice_slice_mean"] == 1.0  # slices 0, 2 left out
+    fp = gt.copy()
+    fp[0, 0, 0] = True  # a false positive on an empty slice: that slice scores 0 and counts
+    assert T.score_volume(fp, gt, (1.0, 1.0, 2.0))["dice_slice_mean"] == pytest.approx(0.5)
+    full = T.score_volume(np.ones_like(gt), gt, (1.0, 1.0, 2.0))  # no surface inside the array
+    assert full["dice"] == pytest.approx(2 * 9 / (192 + 9)) and math.isinf(full["assd"]) and math.isinf(full["mssd"])
+    nothing = T.score_volume(np.zeros_like(gt), np.zeros_like(gt), (1.0, 1.0, 2.0))
+    assert nothing["dice"] == 1.0 and nothing["dice_slice_mean"] == 1.0
