@@ -195,7 +195,7 @@ def summarize(df: pd.DataFrame, n_boot: int = 2000, ci: float = 0.95, seed: int 
                 mean, lo, hi = cluster_bootstrap(g, f"gain_{m}", n_boot, ci, seed)
                 row.update({f"gain_{m}": mean, f"gain_{m}_lo": lo, f"gain_{m}_hi": hi,
                             f"gain_{m}_p": sign_flip_test(units[f"gain_{m}"].to_numpy(), seed)})
-            row["n_pairs"] = int(units[f"gain_dice"].notna().sum())
+            row["n_pairs"] = int(units["gain_dice"].notna().sum())
         rows.append(row)
     return pd.DataFrame(rows).sort_values(list(CURVE_KEYS) + ["x"], key=_baseline_first).reset_index(drop=True)
 

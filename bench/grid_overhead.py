@@ -20,7 +20,7 @@ plus whatever parallel trials lose to each other (memory bandwidth, a machine sh
 grid wall / pool wall isolates Tune's own part. `ray.init` is timed apart: the driver pays it once per experiment.
 
 Usage:
-    python bench/grid_overhead.py                    # K=4, 100 steps, all CPUs: ~1.5 minutes on an idle 2-core CPU
+    python bench/grid_overhead.py                    # K=4, 80 steps, all CPUs: ~2 minutes on an idle 2-core CPU
     python bench/grid_overhead.py --k 8 --steps 200 --cpus 4 --repeats 2
 """
 from __future__ import annotations
@@ -68,7 +68,7 @@ def train_trial(config: dict[str, Any], report: Callable[[dict, str | None], Non
     from models.checkpoint import save_checkpoint
     from models.train_unet import EvalVolume, UNetTrainConfig, train_unet
 
-    t0 = time.perf_counter()
+    t0, c0 = time.perf_counter(), time.process_time()
     torch.set_num_threads(1)
     rng = np.random.default_rng(1000 + int(config["seed"]))
     images, masks = blobs(rng, N_TRAIN, SIZE)
@@ -85,6 +85,7 @@ def train_trial(config: dict[str, Any], report: Callable[[dict, str | None], Non
         if ev.done:
             metrics["test_dice"] = float(np.mean([r["dice"] for r in ev.test_results]))
             metrics["trial_wall_s"] = time.perf_counter() - t0
+            metrics["trial_cpu_s"] = time.process_time() - c0  # well below trial_wall_s: the trial waited for a CPU
             metrics["torch_threads"] = torch.get_num_threads()
             report(metrics, None)
             last = metrics
@@ -108,24 +109,31 @@ def tune_trial(config: dict[str, Any]) -> None:
     train_trial(config, report)
 
 
-def run_plain(k: int, steps: int, eval_every: int) -> tuple[float, list[float]]:
-    """The K trials back to back in this process; returns (summed wall, per-trial walls)."""
-    walls = []
+def run_plain(k: int, steps: int, eval_every: int) -> tuple[float, list[tuple[float, float]]]:
+    """The K trials back to back in this process; returns (summed wall, per-trial (wall, CPU) seconds)."""
+    walls, inner = [], []
     for seed in range(k):
         t0 = time.perf_counter()
         out = train_trial({"seed": seed, "steps": steps, "eval_every": eval_every}, lambda m, d: None)
         walls.append(time.perf_counter() - t0)
-        print(f"  plain trial {seed}: {walls[-1]:6.1f} s  (test dice {out['test_dice']:.3f})", flush=True)
-    return sum(walls), walls
+        inner.append((walls[-1], out["trial_cpu_s"]))
+        print(f"  plain trial {seed}: {walls[-1]:6.1f} s wall, {out['trial_cpu_s']:5.1f} s CPU "
+              f"(test dice {out['test_dice']:.3f})", flush=True)
+    return sum(walls), inner
 
 
-def _pool_trial(config: dict[str, Any]) -> float:
+def cpu_share(inner: list[tuple[float, float]]) -> str:
+    """CPU seconds / wall seconds of a leg's trials: 100 % = each trial had its core to itself."""
+    return f"{100 * sum(c for _, c in inner) / max(1e-9, sum(w for w, _ in inner)):.0f} %"
+
+
+def _pool_trial(config: dict[str, Any]) -> tuple[float, float]:
     t0 = time.perf_counter()
-    train_trial(config, lambda m, d: None)
-    return time.perf_counter() - t0
+    out = train_trial(config, lambda m, d: None)
+    return time.perf_counter() - t0, out["trial_cpu_s"]
 
 
-def run_pool(k: int, steps: int, eval_every: int, slots: int) -> tuple[float, list[float]]:
+def run_pool(k: int, steps: int, eval_every: int, slots: int) -> tuple[float, list[tuple[float, float]]]:
     """The K trials in a pool of `slots` fresh processes without Ray: what the machine gives parallel trials."""
     import multiprocessing as mp
     from concurrent.futures import ProcessPoolExecutor
@@ -137,7 +145,8 @@ def run_pool(k: int, steps: int, eval_every: int, slots: int) -> tuple[float, li
     return time.perf_counter() - t0, inner
 
 
-def run_tune(k: int, steps: int, eval_every: int, storage: str, name: str) -> tuple[float, list[float]]:
+def run_tune(k: int, steps: int, eval_every: int, storage: str,
+             name: str) -> tuple[float, list[tuple[float, float]]]:
     """The K trials through Ray Tune (one CPU each); returns (Tuner.fit wall, trial walls seen inside)."""
     from ray import tune
 
@@ -153,7 +162,7 @@ def run_tune(k: int, steps: int, eval_every: int, storage: str, name: str) -> tu
     errors = [r.error for r in grid if r.error]
     if errors:
         raise RuntimeError(f"{len(errors)} Tune trial(s) failed; first: {errors[0]}")
-    inner = [float(r.metrics["trial_wall_s"]) for r in grid]
+    inner = [(float(r.metrics["trial_wall_s"]), float(r.metrics["trial_cpu_s"])) for r in grid]
     print(f"  torch threads inside Tune trials: {sorted({int(r.metrics['torch_threads']) for r in grid})}, "
           f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}", flush=True)
     return wall, inner
@@ -162,7 +171,7 @@ def run_tune(k: int, steps: int, eval_every: int, storage: str, name: str) -> tu
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--k", type=int, default=4, help="trials (default 4)")
-    parser.add_argument("--steps", type=int, default=100, help="optimizer steps per trial (default 100)")
+    parser.add_argument("--steps", type=int, default=80, help="optimizer steps per trial (default 80)")
     parser.add_argument("--eval-every", type=int, default=20, help="evaluation + checkpoint period (default 20)")
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPUs given to Ray (default: all)")
     parser.add_argument("--repeats", type=int, default=1, help="run every leg this many times; best of each")
@@ -178,32 +187,39 @@ def main() -> None:
     print(f"grid overhead: K={args.k} trials, U-Net base 16 depth 4 {SIZE}x{SIZE}, {args.steps} steps batch 8, "
           f"eval + checkpoint every {args.eval_every}; ray {ray.__version__}, torch {torch.__version__}, "
           f"{os.cpu_count()} CPUs on this machine, {args.cpus} given to Ray", flush=True)
-    best_plain, best_pool, best_tune, inner_best = float("inf"), float("inf"), float("inf"), []
+    best_plain, best_pool, best_tune = float("inf"), float("inf"), float("inf")
+    inner_plain: list = []
+    inner_pool: list = []
+    inner_best: list = []
+    t_init = float("inf")
     with tempfile.TemporaryDirectory(prefix="essgrid-bench-grid-") as tmp:
-        t0 = time.perf_counter()
-        ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False,
-                 logging_level="ERROR")
-        t_init = time.perf_counter() - t0
-        try:
-            for r in range(args.repeats):
-                print(f"repeat {r + 1}/{args.repeats}: plain leg", flush=True)
-                torch.set_num_threads(1)
-                plain, _ = run_plain(args.k, args.steps, args.eval_every)
-                if not args.no_pool:
-                    print(f"repeat {r + 1}/{args.repeats}: process pool leg ({slots} processes, no Ray)", flush=True)
-                    pool_wall, pool_inner = run_pool(args.k, args.steps, args.eval_every, slots)
-                    print(f"  pool wall {pool_wall:.1f} s (trials: {', '.join(f'{w:.1f}' for w in pool_inner)} s)",
-                          flush=True)
-                    best_pool = min(best_pool, pool_wall)
-                print(f"repeat {r + 1}/{args.repeats}: Tune leg", flush=True)
+        for r in range(args.repeats):
+            # The legs without Ray run while no Ray process is up, so they pay nothing for it.
+            print(f"repeat {r + 1}/{args.repeats}: plain leg", flush=True)
+            torch.set_num_threads(1)
+            plain, inner = run_plain(args.k, args.steps, args.eval_every)
+            if plain < best_plain:
+                best_plain, inner_plain = plain, inner
+            if not args.no_pool:
+                print(f"repeat {r + 1}/{args.repeats}: process pool leg ({slots} processes, no Ray)", flush=True)
+                pool_wall, pool_inner = run_pool(args.k, args.steps, args.eval_every, slots)
+                print(f"  pool wall {pool_wall:.1f} s (trials, wall/CPU s: "
+                      f"{', '.join(f'{w:.1f}/{c:.1f}' for w, c in pool_inner)})", flush=True)
+                if pool_wall < best_pool:
+                    best_pool, inner_pool = pool_wall, pool_inner
+            print(f"repeat {r + 1}/{args.repeats}: Tune leg", flush=True)
+            t0 = time.perf_counter()
+            ray.init(address="local", num_cpus=args.cpus, include_dashboard=False, log_to_driver=False,
+                     logging_level="ERROR")
+            t_init = min(t_init, time.perf_counter() - t0)
+            try:
                 wall, inner = run_tune(args.k, args.steps, args.eval_every, tmp, f"bench-{r}")
-                print(f"  plain sum {plain:.1f} s, Tune wall {wall:.1f} s "
-                      f"(trials inside Tune: {', '.join(f'{w:.1f}' for w in inner)} s)", flush=True)
-                best_plain = min(best_plain, plain)
-                if wall < best_tune:
-                    best_tune, inner_best = wall, inner
-        finally:
-            ray.shutdown()
+            finally:
+                ray.shutdown()
+            print(f"  Tune wall {wall:.1f} s (trials inside Tune, wall/CPU s: "
+                  f"{', '.join(f'{w:.1f}/{c:.1f}' for w, c in inner)})", flush=True)
+            if wall < best_tune:
+                best_tune, inner_best = wall, inner
     ideal = best_plain / slots
     ratio = best_tune / ideal
     print()
@@ -212,11 +228,13 @@ def main() -> None:
     print(f"parallel slots (CPUs / 1 CPU per trial):    {slots:6d}")
     print(f"ideal grid wall (plain sum / slots):        {ideal:6.1f} s")
     print(f"Tune wall (Tuner.fit):                      {best_tune:6.1f} s  "
-          f"(mean trial inside Tune {np.mean(inner_best):.1f} s vs {best_plain / args.k:.1f} s plain)")
+          f"(mean trial inside Tune {np.mean([w for w, _ in inner_best]):.1f} s vs {best_plain / args.k:.1f} s plain)")
     if best_pool < float("inf"):
         print(f"process pool wall (no Ray, control):        {best_pool:6.1f} s  "
               f"(pool / ideal {best_pool / ideal:.2f}: what parallel trials lose on this machine without Ray)")
         print(f"Tune's own overhead, grid wall / pool wall: {best_tune / best_pool:6.2f}")
+    print(f"CPU share of trial wall time (100 % = a core each): plain {cpu_share(inner_plain)}"
+          + (f", pool {cpu_share(inner_pool)}" if inner_pool else "") + f", Tune {cpu_share(inner_best)}")
     print(f"ratio grid wall / ideal:                    {ratio:6.2f}  goal <= {GOAL}: "
           f"{'PASS' if ratio <= GOAL else 'MISS'}" + (f"  (best of {args.repeats})" if args.repeats > 1 else ""))
 

@@ -24,6 +24,7 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
                    help="a real CHAOS tree (Train_Sets, or its CT/ and MR/); default: write the phantom")
     p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                    help="override any config field, e.g. --set grid.seeds=[0,1,2] (repeatable)")
+    p.add_argument("--smoke", action="store_true", help="a tiny run in about a minute (sizes shrunk)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -63,7 +64,6 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(run)
     run.add_argument("--exp", default=DEFAULT_EXP, help=f"experiment directory or URI (default {DEFAULT_EXP})")
     run.add_argument("--address", default=None, help="Ray cluster address (default: start a local cluster)")
-    run.add_argument("--smoke", action="store_true", help="a tiny run in about a minute (sizes shrunk)")
 
     res = sub.add_parser("resume", help="continue an interrupted experiment with its saved config",
                          description="Finished stages are skipped, unfinished shards redone, Tune restored with "
@@ -108,6 +108,10 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(message)s")
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    if getattr(args, "address", None):
+        from grid.driver import use_token_auth_if_available
+
+        use_token_auth_if_available()  # before anything imports ray
     try:
         return _dispatch(args) or 0
     except EssgridError as e:

@@ -51,20 +51,33 @@ def _stop_leftover_cluster(exp: Experiment, say=print) -> None:
     U.delete(rec_uri)
 
 
+def use_token_auth_if_available() -> None:
+    """Clusters started by `ray start` (Ray 2.60) require the auth token; a client only sends it in token mode."""
+    from pathlib import Path
+
+    if "RAY_AUTH_MODE" in os.environ:
+        return
+    if os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH") or (
+            Path.home() / ".ray" / "auth_token").is_file():
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 @contextlib.contextmanager
 def ray_session(exp: Experiment, address: str | None, say=print):
     """Connect to `address`, or start a local cluster (address="local") recorded in the experiment."""
+    if address:
+        use_token_auth_if_available()  # before Ray reads its config
     import ray
 
     if ray.is_initialized():  # a caller (a notebook, a test) already holds a session: use it as it is
         yield
         return
-    env = {"env_vars": {"RAY_USAGE_STATS_ENABLED": "0"}}
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # inherited by the workers of a local cluster
     if address:
-        ray.init(address=address, runtime_env=env, log_to_driver=True)
+        ray.init(address=address)  # inside a Ray Job the job's runtime_env applies; adding one would conflict
     else:
         _stop_leftover_cluster(exp, say)
-        ctx = ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False, runtime_env=env)
+        ctx = ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False)
         if not U.is_remote(exp.root):
             U.write_json(exp.path("ray_local.json"), {"driver_pid": os.getpid(),
                                                       "session_dir": ctx.address_info.get("session_dir", "")})

@@ -21,6 +21,7 @@ def _free_port() -> int:
 def cli_env() -> dict:
     env = dict(os.environ)
     env["RAY_USAGE_STATS_ENABLED"] = "0"
+    env["RAY_AUTH_MODE"] = "token"  # the test head keeps Ray's token authentication on; clients must send it
     env["PATH"] = f"{BIN}{os.pathsep}{env.get('PATH', '')}"
     env["PYTHONUNBUFFERED"] = "1"
     return env

@@ -10,6 +10,9 @@ import pytest
 from cli_helpers import BIN, SAMPLE, _free_port, cli_env
 
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+# One intra-op thread per process: tiny test networks gain nothing from more, and two Ray trials on two cores
+# must not oversubscribe them (OpenMP spin-waiting made 2-thread tests 30x slower on a loaded machine).
+os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
 @pytest.fixture(scope="session")

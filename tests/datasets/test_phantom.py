@@ -79,12 +79,15 @@ def test_ct_dicom_tags_and_positions(tree):
 
 
 def test_default_matrix_spacings_are_chaos_like(tmp_path):
-    out = write_phantom(tmp_path / "c", ct_patients=1, mr_patients=1, seed=3, ct_size=512, mr_size=256,
+    # the field of view is physical, so a small matrix tells the pixel spacing the default matrix gets
+    out = write_phantom(tmp_path / "c", ct_patients=1, mr_patients=1, seed=3, ct_size=64, mr_size=32,
                         ct_slices=(80, 80), mr_slices=(30, 30), sequences=("T2SPIR",))
     ct = pydicom.dcmread(next((out / "CT" / "1" / "DICOM_anon").glob("*.dcm")), stop_before_pixels=True)
-    assert 0.6 <= float(ct.PixelSpacing[0]) <= 0.82 and float(ct.SpacingBetweenSlices) == pytest.approx(3.0)
+    assert 0.6 <= float(ct.PixelSpacing[0]) * 64 / 512 <= 0.82
+    assert float(ct.SpacingBetweenSlices) == pytest.approx(3.0)
     mr = pydicom.dcmread(next((out / "MR" / "1" / "T2SPIR" / "DICOM_anon").glob("*.dcm")), stop_before_pixels=True)
-    assert 1.35 <= float(mr.PixelSpacing[0]) <= 1.95 and 6.0 <= float(mr.SpacingBetweenSlices) <= 9.5
+    assert 1.35 <= float(mr.PixelSpacing[0]) * 32 / 256 <= 1.95
+    assert 6.0 <= float(mr.SpacingBetweenSlices) <= 9.5
 
 
 def test_mr_dicom_tags(tree):

@@ -9,6 +9,16 @@ from models.essnet import EssNet, EssNetConfig, ImagePool, lr_factor
 from models.losses import NonFiniteLossError
 from models.networks import count_parameters
 
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_torch_thread():
+    """Tiny nets gain nothing from more threads, and OpenMP spin-waits badly on a busy 2-core machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 TINY = dict(ngf=8, ndf=8, n_blocks=2, batch_size=4, steps=40, steps_decay=0, seed=0)
 G_TERMS = {"loss_G_A", "loss_G_B", "loss_cycle_A", "loss_cycle_B", "loss_idt_A", "loss_idt_B"}
 
