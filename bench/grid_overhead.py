@@ -163,8 +163,7 @@ def run_tune(k: int, steps: int, eval_every: int, storage: str,
     if errors:
         raise RuntimeError(f"{len(errors)} Tune trial(s) failed; first: {errors[0]}")
     inner = [(float(r.metrics["trial_wall_s"]), float(r.metrics["trial_cpu_s"])) for r in grid]
-    print(f"  torch threads inside Tune trials: {sorted({int(r.metrics['torch_threads']) for r in grid})}, "
-          f"OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}", flush=True)
+    print(f"  torch threads inside Tune trials: {sorted({int(r.metrics['torch_threads']) for r in grid})}", flush=True)
     return wall, inner
 
 

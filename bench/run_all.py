@@ -6,7 +6,7 @@ repeats their verdict lines (PASS/MISS, goal met/not met). Scripts run one at a 
 bench/ later runs with no flags. bench/out/ is gitignored.
 
 Usage:
-    python bench/run_all.py                  # everything, ~6-8 minutes on a 2-core CPU machine
+    python bench/run_all.py                  # everything, ~6-8 minutes on an idle 2-core CPU machine
     python bench/run_all.py --smoke          # tiny sizes: checks every script runs (~2-3 minutes)
     python bench/run_all.py --only grid_overhead generation
     python bench/run_all.py --gpu            # GPU-sized flags where a script has them (CUDA machines)
@@ -26,16 +26,19 @@ ROOT = BENCH.parent
 OUT = BENCH / "out"
 ORDER = ["models_step", "unet_throughput", "store_read", "grid_overhead", "generation"]
 
-FLAGS: dict[str, list[str]] = {  # CPU-friendly defaults
-    "models_step": ["--sizes", "64", "128", "--steps", "3", "--warmup", "1"],
-    "unet_throughput": ["--device", "cpu", "--bases", "16", "--sizes", "64", "128"],
+# CPU-friendly defaults. One torch thread, as the grid runs a trial (cpus_per_trial 1) and the quick preset EssNet:
+# on a machine shared with other work, two OpenMP threads that keep being descheduled can run 10x slower than one.
+FLAGS: dict[str, list[str]] = {
+    "models_step": ["--sizes", "64", "128", "--steps", "3", "--warmup", "1", "--threads", "1"],
+    "unet_throughput": ["--device", "cpu", "--bases", "16", "--sizes", "64", "128", "--threads", "1"],
     "store_read": [],
     "grid_overhead": [],
     "generation": [],
 }
 SMOKE: dict[str, list[str]] = {
-    "models_step": ["--sizes", "64", "--steps", "1", "--warmup", "0"],
-    "unet_throughput": ["--device", "cpu", "--bases", "16", "--sizes", "64", "--steps", "1", "--warmup", "0"],
+    "models_step": ["--sizes", "64", "--steps", "1", "--warmup", "0", "--threads", "1"],
+    "unet_throughput": ["--device", "cpu", "--bases", "16", "--sizes", "64", "--steps", "1", "--warmup", "0",
+                        "--threads", "1"],
     "store_read": ["--ct-patients", "2", "--mr-patients", "2", "--slices", "20", "--size", "128", "--repeats", "1",
                    "--read-repeats", "3"],
     "grid_overhead": ["--k", "2", "--steps", "10", "--eval-every", "5"],
@@ -105,8 +108,8 @@ def main() -> None:
         print(f"\n===== bench/{name}.py {' '.join(flags)}", flush=True)
         rc, secs, lines = run_one(name, flags, args.timeout)
         verdicts = [ln.strip() for ln in lines if VERDICT.search(ln) and not ln.lstrip().startswith(("Usage", "python"))]
-        last = next((ln.strip() for ln in reversed(lines) if ln.strip()), "")
-        results.append((name, rc, secs, verdicts or [last]))
+        tail = [ln.strip() for ln in lines if ln.strip() and not ln.lstrip().startswith("(")][-2:]
+        results.append((name, rc, secs, verdicts or tail))
 
     print("\n===== summary (full output in bench/out/<name>.txt)")
     for name, rc, secs, verdicts in results:

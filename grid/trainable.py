@@ -9,6 +9,7 @@ rewrites the file.
 from __future__ import annotations
 
 import io
+import json
 import logging
 import os
 import tempfile
@@ -141,11 +142,7 @@ def run_trial(config: dict) -> None:
     t0 = time.time()
     data = load_trial_data(exp, spec, cfg)
     ucfg = unet_config(cfg, seed=spec.seed)
-    state = None
-    ckpt = tune.get_checkpoint()
-    if ckpt is not None:
-        with ckpt.as_directory() as d:
-            state = load_checkpoint(Path(d) / "state.pt")
+    state = _restore_state(exp, spec, tune.get_checkpoint(), load_checkpoint)
     if (cfg_dict.get("debug") or {}).get("nan_trials") and any(
             m in spec.trial_id for m in cfg_dict["debug"]["nan_trials"]):
         data["train_images"][:] = np.nan  # the U-Net loop's NaN guard must stop this trial with a clear error
@@ -164,12 +161,44 @@ def run_trial(config: dict) -> None:
                               wall_s=time.time() - t0, steps=ev.step)
             _save_model(exp, spec, ev, cfg)
             _write_parquet(df, result_uri)
+            U.delete(_state_uri(exp, spec))  # the result file is the trial's record from here on
             metrics["test_dice"] = float(df["dice"].mean())
             tune.report(metrics)
             return
+        buf = io.BytesIO()
+        save_checkpoint(buf, ev.checkpoint)
+        U.write_bytes(_state_uri(exp, spec), buf.getvalue())  # written before Tune hears of it
         with tempfile.TemporaryDirectory() as d:
-            save_checkpoint(os.path.join(d, "state.pt"), ev.checkpoint)
+            Path(d, "pointer.json").write_text(json.dumps({"trial_id": spec.trial_id, "step": ev.step}))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(d))
+
+
+def _state_uri(exp: Experiment, spec: TrialSpec) -> str:
+    return U.join(exp.path("checkpoints"), f"{spec.trial_id}.pt")
+
+
+def _restore_state(exp: Experiment, spec: TrialSpec, tune_ckpt, load_checkpoint) -> dict | None:
+    """The trial's training state to continue from, or None to start fresh.
+
+    The full state lives in the experiment (`checkpoints/<trial_id>.pt`, replaced at every evaluation); Tune's
+    checkpoint holds a pointer to its step. The experiment copy is written before Tune is told, so it is never older
+    than the pointer. This matters after a SIGKILL of the driver: Tune saves its experiment state periodically, and
+    may restore a trial with an older checkpoint, or none, while the trial's own state is current.
+    """
+    uri = _state_uri(exp, spec)
+    pointer = -1
+    if tune_ckpt is not None:
+        with tune_ckpt.as_directory() as d:
+            p = Path(d) / "pointer.json"
+            pointer = int(json.loads(p.read_text())["step"]) if p.exists() else -1
+    if not U.exists(uri):
+        if pointer >= 0:
+            log.warning("trial %s: Tune restored step %d but %s is missing; starting over", spec.trial_id, pointer, uri)
+        return None
+    state = load_checkpoint(io.BytesIO(U.read_bytes(uri)))
+    if int(state.get("step", -1)) < pointer:
+        raise EssgridError(f"{uri}: holds step {state.get('step')}, older than Tune's checkpoint (step {pointer})")
+    return state
 
 
 def _save_model(exp: Experiment, spec: TrialSpec, ev, cfg) -> None:

@@ -163,3 +163,26 @@ def test_sigkill_of_the_driver_mid_grid_then_resume(ray_head, tmp_path):
     assert resumed[0]["step"] > resumed[0]["resumed_from"] > 0
     cols = [c for c in METRIC_COLUMNS]
     pd.testing.assert_frame_equal(results_table(exp)[cols], results_table(ref)[cols])
+
+
+def test_report_has_every_figure_from_a_real_run(smoke_exp):
+    exp, _ = smoke_exp
+    out = exp / "analysis"
+    for fig in ("saturation", "saturation_nsyn", "essnet_losses", "unet_val_dice", "gallery"):
+        assert (out / f"{fig}.png").stat().st_size > 1000 and (out / f"{fig}.svg").exists(), fig
+    html = (out / "report.html").read_text()
+    assert html.count("data:image/png;base64,") + html.count("<svg") >= 5
+
+
+def test_predict_then_evaluate_round_trip(smoke_exp, tmp_path):
+    exp, _ = smoke_exp
+    states = pq.read_table(exp / "trial_states.parquet").to_pandas()
+    mr_test = json.loads((exp / "stores" / "splits.json").read_text())["mr"]["test"]
+    patient = exp / "data" / "phantom" / "MR" / str(mr_test[0]) / "T2SPIR"
+    out = tmp_path / "pred"
+    run_cli("predict", str(exp), str(patient / "DICOM_anon"), str(out))
+    pngs = sorted(out.glob("*.png"))
+    assert len(pngs) == len(list((patient / "DICOM_anon").glob("*.dcm")))
+    ev = run_cli("evaluate", str(out), str(patient / "Ground"), "--dicom", str(patient / "DICOM_anon")).stdout
+    assert "DICE" in ev and "MSSD" in ev
+    assert len(states) == 3
