@@ -34,3 +34,26 @@ def ray_head(tmp_path_factory):
         yield {"address": f"127.0.0.1:{port}", "jobs": f"http://127.0.0.1:{dash}"}
     finally:
         subprocess.run([ray, "stop", "--force"], env=cli_env(), capture_output=True, timeout=120)
+
+
+@pytest.fixture()
+def s3_bucket(monkeypatch):
+    """A moto S3 server on a free port; yields a bucket URI prefix. pyarrow reaches it through AWS_ENDPOINT_URL."""
+    moto_server = pytest.importorskip("moto.server")
+    boto3 = pytest.importorskip("boto3")
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    endpoint = f"http://127.0.0.1:{port}"
+    for key, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
+                       ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_ENDPOINT_URL", endpoint)):
+        monkeypatch.setenv(key, value)
+    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="essgrid")
+    try:
+        yield "s3://essgrid"
+    finally:
+        server.stop()

@@ -174,30 +174,8 @@ def test_real_ct_sample(chaos_sample, tmp_path):
     assert set(table.column("split").to_pylist()) == {"train"} and any(table.column("has_liver").to_pylist())
 
 
-@pytest.fixture()
-def s3_root(monkeypatch):
-    """A moto S3 server on a free port (pyarrow reaches it through AWS_ENDPOINT_URL); yields a store root URI."""
-    moto_server = pytest.importorskip("moto.server")
-    boto3 = pytest.importorskip("boto3")
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    for key, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
-                       ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_ENDPOINT_URL", endpoint)):
-        monkeypatch.setenv(key, value)
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="essgrid")
-    try:
-        yield "s3://essgrid/exp/stores"
-    finally:
-        server.stop()
-
-
-def test_ingest_into_s3_and_rerun(tree, s3_root):
+def test_ingest_into_s3_and_rerun(tree, s3_bucket):
+    s3_root = f"{s3_bucket}/exp/stores"
     res = ingest(tree, s3_root, size=SIZE)
     assert res.mr_slices == sum(_dicoms(tree)["MR"].values()) and len(res.written) == 8
     assert ingest(tree, s3_root, size=SIZE).written == ()

@@ -231,29 +231,6 @@ def test_slices_to_table_rejects_bad_inputs():
                         spacing=(1, 1, 1), native_shape=(S, S), config_hash=HASH)
 
 
-@pytest.fixture()
-def s3_bucket(monkeypatch):
-    """A moto S3 server on a free port; yields a bucket URI prefix. pyarrow reaches it through AWS_ENDPOINT_URL."""
-    moto_server = pytest.importorskip("moto.server")
-    boto3 = pytest.importorskip("boto3")
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = moto_server.ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    endpoint = f"http://127.0.0.1:{port}"
-    for key, value in (("AWS_ACCESS_KEY_ID", "test"), ("AWS_SECRET_ACCESS_KEY", "test"),
-                       ("AWS_DEFAULT_REGION", "us-east-1"), ("AWS_ENDPOINT_URL", endpoint)):
-        monkeypatch.setenv(key, value)
-    boto3.client("s3", endpoint_url=endpoint).create_bucket(Bucket="essgrid")
-    try:
-        yield "s3://essgrid"
-    finally:
-        server.stop()
-
-
 def test_s3_store_commit_rule_and_reads(s3_bucket):
     store = SliceStore(f"{s3_bucket}/stores/real_mr", kind="real_mr", create=True, config=CONFIG)
     table, image, _, _ = _slices("1", split="test")

@@ -156,9 +156,9 @@ def test_sigkill_of_the_driver_mid_grid_then_resume(ray_head, tmp_path):
     after = result_bytes(exp)
     assert {k: after[k] for k in finished} == finished
     # the running trial continued from its checkpoint: its first report after resume is past that checkpoint
-    progress = [json.loads(line) for line in
-                (next((exp / "tune").glob(f"grid-*/{running[0]}")) / "result.json").read_text().splitlines()]
-    resumed = [r for r in progress if r["resumed_from"] >= 0]
+    progress = [json.loads(line) for f in sorted((exp / "tune").glob(f"grid-*/{running[0]}*/result.json"))
+                for line in f.read_text().splitlines()]  # Tune gives a restored trial a new, suffixed folder
+    resumed = [r for r in progress if (r.get("resumed_from") or -1) >= 0]
     assert resumed, "the interrupted trial was restarted from scratch"
     assert resumed[0]["step"] > resumed[0]["resumed_from"] > 0
     cols = [c for c in METRIC_COLUMNS]
@@ -185,4 +185,4 @@ def test_predict_then_evaluate_round_trip(smoke_exp, tmp_path):
     assert len(pngs) == len(list((patient / "DICOM_anon").glob("*.dcm")))
     ev = run_cli("evaluate", str(out), str(patient / "Ground"), "--dicom", str(patient / "DICOM_anon")).stdout
     assert "DICE" in ev and "MSSD" in ev
-    assert len(states) == 3
+    assert (states["status"] == "TERMINATED").all()

@@ -8,37 +8,11 @@ from datasets.errors import ConfigError
 from models.essnet import EssNet, EssNetConfig, ImagePool, lr_factor
 from models.losses import NonFiniteLossError
 from models.networks import count_parameters
-
-
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny nets gain nothing from more threads, and OpenMP spin-waits badly on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+from blobs import phantom
 
 
 TINY = dict(ngf=8, ndf=8, n_blocks=2, batch_size=4, steps=40, steps_decay=0, seed=0)
 G_TERMS = {"loss_G_A", "loss_G_B", "loss_cycle_A", "loss_cycle_B", "loss_idt_A", "loss_idt_B"}
-
-
-def phantom(n: int, size: int = 32, seed: int = 0, modality: str = "CT") -> tuple[np.ndarray, np.ndarray]:
-    """Body ellipse + 'liver' ellipse; CT: bright liver on grey body, MR: dark liver on a brighter body."""
-    rng = np.random.default_rng(seed)
-    yy, xx = np.mgrid[:size, :size] / size
-    body_v, liver_v = (0.0, 0.7) if modality == "CT" else (0.4, -0.5)
-    images = np.full((n, size, size), -1.0, np.float32)
-    masks = np.zeros((n, size, size), np.uint8)
-    for i in range(n):
-        body = ((yy - 0.5) / 0.4) ** 2 + ((xx - 0.5) / 0.45) ** 2 < 1
-        cy, cx, r = rng.uniform(0.4, 0.6), rng.uniform(0.3, 0.45), rng.uniform(0.12, 0.2)
-        liver = ((yy - cy) / r) ** 2 + ((xx - cx) / (1.3 * r)) ** 2 < 1
-        images[i][body] = body_v
-        images[i][liver & body] = liver_v
-        masks[i] = liver & body
-    images += rng.normal(0, 0.03, images.shape).astype(np.float32)
-    return np.clip(images, -1, 1), masks
 
 
 def batch(n: int = 4, size: int = 32):

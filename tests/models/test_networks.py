@@ -5,15 +5,6 @@ from torch import nn
 from models.networks import NLayerDiscriminator, ResnetGenerator, count_parameters, init_weights
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny nets gain nothing from more threads, and OpenMP spin-waits badly on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 @pytest.mark.parametrize(
     "input_nc,output_nc,ngf,n_blocks,size",
     [(1, 1, 8, 2, 32), (1, 2, 8, 3, 64), (3, 3, 4, 0, 32), (1, 1, 8, 1, 48)],

@@ -8,15 +8,6 @@ from models.train_essnet import train_essnet
 from models.translate import load_generator, quality_filter, slice_dice, translate
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_torch_thread():
-    """Tiny nets gain nothing from more threads, and OpenMP spin-waits badly on a busy 2-core machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 TINY = dict(ngf=8, ndf=8, n_blocks=2, batch_size=2, steps=1, steps_decay=0, seed=0)
 
 
