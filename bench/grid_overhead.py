@@ -22,6 +22,7 @@ grid wall / pool wall isolates Tune's own part. `ray.init` is timed apart: the d
 Usage:
     python bench/grid_overhead.py                    # K=4, 80 steps, all CPUs: ~2 minutes on an idle 2-core CPU
     python bench/grid_overhead.py --k 8 --steps 200 --cpus 4 --repeats 2
+    python bench/grid_overhead.py --reuse-actors     # also Tune with TuneConfig(reuse_actors=True)
 """
 from __future__ import annotations
 
@@ -145,14 +146,15 @@ def run_pool(k: int, steps: int, eval_every: int, slots: int) -> tuple[float, li
     return time.perf_counter() - t0, inner
 
 
-def run_tune(k: int, steps: int, eval_every: int, storage: str,
-             name: str) -> tuple[float, list[tuple[float, float]]]:
+def run_tune(k: int, steps: int, eval_every: int, storage: str, name: str,
+             reuse_actors: bool = False) -> tuple[float, list[tuple[float, float]]]:
     """The K trials through Ray Tune (one CPU each); returns (Tuner.fit wall, trial walls seen inside)."""
     from ray import tune
 
     tuner = tune.Tuner(
         tune.with_resources(tune_trial, {"cpu": 1}),
         param_space={"seed": tune.grid_search(list(range(k))), "steps": steps, "eval_every": eval_every},
+        tune_config=tune.TuneConfig(reuse_actors=reuse_actors),
         run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0,
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=2)),
     )
@@ -175,6 +177,9 @@ def main() -> None:
     parser.add_argument("--cpus", type=int, default=os.cpu_count() or 1, help="CPUs given to Ray (default: all)")
     parser.add_argument("--repeats", type=int, default=1, help="run every leg this many times; best of each")
     parser.add_argument("--no-pool", action="store_true", help="skip the process-pool control leg")
+    parser.add_argument("--reuse-actors", action="store_true",
+                        help="also run Tune with TuneConfig(reuse_actors=True) (one worker process per slot, not per "
+                             "trial; the grid leaves it at Tune's default, False)")
     args = parser.parse_args()
     if min(args.k, args.steps, args.eval_every, args.cpus, args.repeats) < 1:
         parser.error("--k, --steps, --eval-every, --cpus and --repeats must be >= 1")
@@ -190,7 +195,7 @@ def main() -> None:
     inner_plain: list = []
     inner_pool: list = []
     inner_best: list = []
-    t_init = float("inf")
+    t_init, best_reuse = float("inf"), float("inf")
     with tempfile.TemporaryDirectory(prefix="essgrid-bench-grid-") as tmp:
         for r in range(args.repeats):
             # The legs without Ray run while no Ray process is up, so they pay nothing for it.
@@ -213,6 +218,11 @@ def main() -> None:
             t_init = min(t_init, time.perf_counter() - t0)
             try:
                 wall, inner = run_tune(args.k, args.steps, args.eval_every, tmp, f"bench-{r}")
+                if args.reuse_actors:
+                    reuse_wall, _ = run_tune(args.k, args.steps, args.eval_every, tmp, f"bench-reuse-{r}",
+                                             reuse_actors=True)
+                    print(f"  Tune wall with reuse_actors=True: {reuse_wall:.1f} s", flush=True)
+                    best_reuse = min(best_reuse, reuse_wall)
             finally:
                 ray.shutdown()
             print(f"  Tune wall {wall:.1f} s (trials inside Tune, wall/CPU s: "
@@ -232,6 +242,8 @@ def main() -> None:
         print(f"process pool wall (no Ray, control):        {best_pool:6.1f} s  "
               f"(pool / ideal {best_pool / ideal:.2f}: what parallel trials lose on this machine without Ray)")
         print(f"Tune's own overhead, grid wall / pool wall: {best_tune / best_pool:6.2f}")
+    if best_reuse < float("inf"):
+        print(f"Tune wall with reuse_actors=True:           {best_reuse:6.1f} s  (ratio to ideal {best_reuse / ideal:.2f})")
     print(f"CPU share of trial wall time (100 % = a core each): plain {cpu_share(inner_plain)}"
           + (f", pool {cpu_share(inner_pool)}" if inner_pool else "") + f", Tune {cpu_share(inner_best)}")
     print(f"ratio grid wall / ideal:                    {ratio:6.2f}  goal <= {GOAL}: "
