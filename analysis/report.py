@@ -228,6 +228,32 @@ def _has_tabulate() -> bool:
         return False
 
 
+def load_alignment(exps: Sequence[str]) -> pd.DataFrame:
+    """Alignment scores per generator: the reference U-Net's Dice (all generators alike) and EssNet's own netS Dice.
+
+    `<exp>/alignment.json` (written by the grid's alignment stage) and `<exp>/essnet/<run>/alignment.json`.
+    """
+    rows = []
+    for e in exps:
+        ref = U.read_json(U.join(e, "alignment.json")) if U.exists(U.join(e, "alignment.json")) else {}
+        runs = set(ref) | set(U.listdir(U.join(e, "essnet")))
+        for run in sorted(runs):
+            own_uri = U.join(e, "essnet", run, "alignment.json")
+            own = U.read_json(own_uri).get("seg_alignment_dice") if U.exists(own_uri) else None
+            rows.append({"exp": e.rstrip("/").rsplit("/", 1)[-1], "synthetic set": run,
+                         "reference U-Net Dice": ref.get(run), "netS Dice (held-out CT)": own})
+    return pd.DataFrame(rows)
+
+
+def format_alignment(align: pd.DataFrame) -> str:
+    lines = [f"{'synthetic set':<18} {'reference U-Net Dice':>21} {'netS Dice (held-out CT)':>24}"]
+    for r in align.itertuples(index=False):
+        ref, own = r[2], r[3]
+        lines.append(f"{r[1]:<18} {_f(ref) if ref is not None else 'n/a':>21} "
+                     f"{_f(own) if own is not None else 'n/a (no netS)':>24}")
+    return "\n".join(lines)
+
+
 def analyze(exps: Sequence[str] | str, out: str | None = None, paper: bool | None = None, n_boot: int = 2000,
             seed: int = 0, gallery: bool = True) -> AnalysisResult:
     """Results table, statistics, figures and report of one or more experiments.
@@ -311,6 +337,10 @@ def analyze(exps: Sequence[str] | str, out: str | None = None, paper: bool | Non
         text["Paper vs ours"] = "\n".join(
             f"{r.exp} n_real={r.n_real_key} {r.quantity:<17} paper {r.paper:>7.4f}   ours {_f(r.ours)}"
             for r in comp.itertuples())
+    align = load_alignment(exps)
+    if len(align):
+        tables["Alignment: does the synthetic MR keep the liver where the CT mask says?"] = align
+        text["Alignment"] = format_alignment(align)
     if len(unfinished):
         keep = [c for c in ("exp", "trial_id", "status", "error") if c in unfinished]
         tables["Trials without results (errored or unfinished)"] = unfinished[keep]

@@ -62,6 +62,15 @@ def use_token_auth_if_available() -> None:
         os.environ["RAY_AUTH_MODE"] = "token"
 
 
+STORAGE_ENV = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_DEFAULT_REGION",
+               "AWS_REGION", "AWS_ENDPOINT_URL", "AWS_PROFILE", "GOOGLE_APPLICATION_CREDENTIALS")
+
+
+def _storage_env() -> dict[str, str]:
+    """Object-store settings of the driver, passed to workers of an existing cluster (they do not inherit them)."""
+    return {k: os.environ[k] for k in STORAGE_ENV if os.environ.get(k)}
+
+
 @contextlib.contextmanager
 def ray_session(exp: Experiment, address: str | None, say=print):
     """Connect to `address`, or start a local cluster (address="local") recorded in the experiment."""
@@ -74,7 +83,10 @@ def ray_session(exp: Experiment, address: str | None, say=print):
         return
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")  # inherited by the workers of a local cluster
     if address:
-        ray.init(address=address)  # inside a Ray Job the job's runtime_env applies; adding one would conflict
+        if os.environ.get("RAY_JOB_ID") or os.environ.get("RAY_JOB_CONFIG_JSON_ENV_VAR"):
+            ray.init(address=address)  # inside a Ray Job the job's runtime_env applies; adding one would conflict
+        else:
+            ray.init(address=address, runtime_env={"env_vars": _storage_env()})
     else:
         _stop_leftover_cluster(exp, say)
         ctx = ray.init(address="local", num_cpus=os.cpu_count(), include_dashboard=False)
@@ -117,7 +129,7 @@ def run_experiment(cfg: ExperimentConfig, exp_root: str, address: str | None = N
         out["grid"] = run_grid(exp, cfg, say)
     out["wall_s"] = time.time() - t0
     if analyze:
-        out["analysis"] = run_analysis(exp, cfg, say)
+        out["analysis"] = run_analysis(exp, say)
     say(f"[essgrid] finished in {out['wall_s'] / 60:.1f} min")
     return out
 
@@ -133,29 +145,16 @@ def _check_data(cfg: ExperimentConfig) -> None:
     find_patients(cfg.data.source)
 
 
-def run_analysis(exp: Experiment, cfg: ExperimentConfig, say=print):
+def run_analysis(exp: Experiment, say=print):
     """Stage 5: results table, statistics, figures and report; prints the summary and the alignment scores."""
-    from analysis.report import analyze, format_summary_table
-    from grid.stages import generator_runs, read_alignment
+    from analysis.report import analyze
 
     res = analyze([exp.root], None)
-    table = getattr(res, "summary_table", None)
     say("")
-    say(format_summary_table(table) if table is not None else str(res))
-    ref = exp.stage_record("alignment") or {}
-    for g, r in generator_runs(cfg):
-        a = read_alignment(exp, g, r) or {}
-        own = a.get("seg_alignment_dice")
-        ref_score = ref.get("scores", {}).get(f"{g}-r{r}")
-        say(f"[alignment] {g}-r{r}: reference U-Net Dice vs carried CT masks "
-            f"{'n/a' if ref_score is None else f'{ref_score:.3f}'}; netS on held-out CT "
-            f"{'n/a (no netS)' if own is None else f'{float(own):.3f}'}")
-    if "untranslated_ct" in ref.get("scores", {}):
-        say(f"[alignment] untranslated CT (the floor): {ref['scores']['untranslated_ct']:.3f}")
-    for what in ("results", "report"):
-        p = getattr(res, what, None) or getattr(res, f"{what}_path", None)
-        if p:
-            say(f"[essgrid] {what}: {p}")
+    say(res.summary)  # summary table, saturation points, alignment scores
+    say(f"[essgrid] results: {res.results}")
+    say(f"[essgrid] plot:    {U.join(res.out, 'saturation.png')}")
+    say(f"[essgrid] report:  {res.report}")
     return res
 
 

@@ -186,3 +186,22 @@ def test_predict_then_evaluate_round_trip(smoke_exp, tmp_path):
     ev = run_cli("evaluate", str(out), str(patient / "Ground"), "--dicom", str(patient / "DICOM_anon")).stdout
     assert "DICE" in ev and "MSSD" in ev
     assert (states["status"] == "TERMINATED").all()
+
+
+def test_pipeline_on_object_storage_with_resume(ray_head, s3_bucket):
+    exp = f"{s3_bucket}/exp/tiny"
+    args = ["--smoke", "--exp", exp, "--address", ray_head["address"], "--set", "grid.generators=[none, essnet]",
+            "--set", "grid.seeds=[0]"]
+    run_cli("run", *args)
+    import pyarrow.fs as pafs
+
+    fs, path = pafs.FileSystem.from_uri(exp)
+    names = {pathlib_name(i.path) for i in fs.get_file_info(pafs.FileSelector(f"{path}/results"))}
+    assert names == {"none-r0_f0.000_nrall_s0_k0.parquet", "essnet-r0_f0.500_nrall_s0_k0.parquet"}
+    out = run_cli("resume", exp, "--address", ray_head["address"]).stdout
+    assert "2 done earlier, 0 to run" in out
+    assert run_cli("status", exp).stdout.count("2 terminated") == 1
+
+
+def pathlib_name(p: str) -> str:
+    return p.rstrip("/").rsplit("/", 1)[-1]
