@@ -111,6 +111,8 @@ def run_experiment(cfg: ExperimentConfig, exp_root: str, address: str | None = N
     from grid.alignment import run_alignment
     from grid.config import stage_key
     from grid.generate import run_generate
+    from grid.trainable import check_trial_data
+    from grid.trials import build_trials
     from grid.stages import run_essnet, run_ingest
     from grid.tune_stage import run_grid
 
@@ -123,6 +125,7 @@ def run_experiment(cfg: ExperimentConfig, exp_root: str, address: str | None = N
     out: dict = {}
     with ray_session(exp, address, say):
         out["ingest"] = run_ingest(exp, cfg, say)
+        check_trial_data(exp, build_trials(cfg), cfg, before_generation=True)  # refuse impossible mixes now
         out["essnet"] = run_essnet(exp, cfg, say)
         out["generate"] = run_generate(exp, cfg, say)
         out["alignment"] = run_alignment(exp, cfg, stage_key(cfg, "trials"), say)

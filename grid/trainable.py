@@ -220,24 +220,39 @@ def _append_curve(exp: Experiment, spec: TrialSpec, rows: list[dict]) -> None:
     U.write_text(uri, df.to_csv(index=False))
 
 
-def check_trial_data(exp: Experiment, spec: TrialSpec, cfg) -> None:
-    """Validate a trial's mix against the stores without training (the driver calls this before Tune starts).
+def check_trial_data(exp: Experiment, specs: list[TrialSpec], cfg, *, before_generation: bool = False) -> None:
+    """Validate every trial's mix against the stores without training.
+
+    Called twice: right after ingest (synthetic counts predicted from the CT store, since a synthetic slice keeps its
+    CT mask: exact unless `grid.synthetic_filter` is "quality"), so a mix asking for more slices than exist fails
+    before EssNet trains; and before Tune starts, against the synthetic stores themselves.
 
     Raises:
-        ConfigError: the mix asks for more slices than exist.
+        ConfigError: the mix asks for more slices than exist (names the field and the counts).
     """
     from datasets.store import SliceStore
 
     real = SliceStore(exp.store("real_mr")).read(columns=["patient_id", "split"])
     pid = np.asarray(real.column("patient_id").to_pylist())
     split = np.asarray(real.column("split").to_pylist())
-    keep = None
-    label = ""
-    if spec.generator != "none":
-        syn = SliceStore(exp.synthetic_store(spec.generator, spec.replicate)).read(columns=["has_liver", "quality"])
-        keep = synthetic_keep(syn.column("has_liver").to_numpy(), syn.column("quality").to_numpy(), cfg)
-        label = f"the {spec.generator}-r{spec.replicate} store"
-    select_mix(spec, cfg, pid, split, keep, syn_label=label)
+    keeps: dict[tuple[str, int], tuple[np.ndarray, str]] = {}
+    for spec in specs:
+        keep, label = None, ""
+        if spec.generator != "none":
+            k = (spec.generator, spec.replicate)
+            if k not in keeps:
+                if before_generation:
+                    ct = SliceStore(exp.store("real_ct")).read(columns=["has_liver"])
+                    has = ct.column("has_liver").to_numpy(zero_copy_only=False)
+                    q = np.full(len(has), np.nan, np.float32)
+                    keeps[k] = (synthetic_keep(has, q, cfg), "the CT store (one synthetic slice per CT slice)")
+                else:
+                    syn = SliceStore(exp.synthetic_store(*k)).read(columns=["has_liver", "quality"])
+                    keeps[k] = (synthetic_keep(syn.column("has_liver").to_numpy(zero_copy_only=False),
+                                               syn.column("quality").to_numpy(zero_copy_only=False), cfg),
+                                f"the {spec.generator}-r{spec.replicate} store")
+            keep, label = keeps[k]
+        select_mix(spec, cfg, pid, split, keep, syn_label=label)
 
 
 __all__ = ["run_trial", "load_trial_data", "check_trial_data", "EssgridError"]

@@ -62,8 +62,7 @@ def run_grid(exp: Experiment, cfg: ExperimentConfig, say=print) -> dict:
     todo = [s for s in specs if s.trial_id not in done]
     say(f"[grid] {len(specs)} trials: {len(specs) - len(todo)} done earlier, {len(todo)} to run "
         f"({cfg.grid.cpus_per_trial} CPU, {cfg.grid.gpus_per_trial} GPU each)")
-    for s in todo:
-        check_trial_data(exp, s, cfg)
+    check_trial_data(exp, todo, cfg)
     key = stage_key(cfg, "trials")
     base = {"exp": exp.root, "cfg": cfg.to_dict(), "config_hash": key}
 

@@ -205,3 +205,12 @@ def test_pipeline_on_object_storage_with_resume(ray_head, s3_bucket):
 
 def pathlib_name(p: str) -> str:
     return p.rstrip("/").rsplit("/", 1)[-1]
+
+
+def test_a_mix_asking_for_more_slices_than_exist_fails_before_training(ray_head, tmp_path):
+    exp = tmp_path / "toomany"
+    proc = run_cli("run", "--smoke", "--exp", str(exp), "--address", ray_head["address"],
+                   "--set", "grid.fractions=[0.98]", check=False)
+    assert proc.returncode == 2, proc.stderr[-2000:]
+    assert "grid.fractions: f=0.98" in proc.stderr and "synthetic slices" in proc.stderr
+    assert not (exp / "essnet").exists() and not (exp / "tune").exists()  # nothing trained
