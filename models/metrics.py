@@ -248,7 +248,11 @@ def compute_volume_metrics(pred: np.ndarray, gt: np.ndarray, spacing: Sequence[f
     empty = _check_empty(empty)
     out = {"dice": dice(pred, gt, empty), "iou": iou(pred, gt, empty), "ravd": ravd(pred, gt, empty)}
     has_p, has_g = bool(pred.any()), bool(gt.any())
-    if has_p and has_g:
+    if has_p and has_g and not (surface_voxels(pred).any() and surface_voxels(gt).any()):
+        # a mask filling the whole volume has no surface (outside the array counts as foreground, as in the
+        # official evaluation): no distance can be measured, so it scores like a missing surface
+        out["assd"] = out["mssd"] = math.inf
+    elif has_p and has_g:
         a, b = surface_distances(pred, gt, spacing)
         out["assd"] = float((a.sum() + b.sum()) / (a.size + b.size))
         out["mssd"] = float(max(a.max(), b.max()))

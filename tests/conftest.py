@@ -24,16 +24,30 @@ def chaos_sample() -> Path:
 
 @pytest.fixture(scope="session")
 def ray_head(tmp_path_factory):
-    """A local Ray head (2 CPUs, dashboard on for the Jobs API) shared by every test that needs a cluster."""
+    """A local Ray head (2 CPUs, dashboard on for the Jobs API) shared by every test that needs a cluster.
+
+    It gets its own temp dir, and teardown kills only the processes of that session, never other Ray clusters.
+    """
+    import tempfile
+
+    import psutil
+
     port, dash = _free_port(), _free_port()
+    temp_dir = tempfile.mkdtemp(prefix="ray-essgrid-", dir="/tmp")  # short: Ray puts unix sockets in it
     ray = str(BIN / "ray")
     subprocess.run([ray, "start", "--head", f"--port={port}", "--num-cpus=2", "--include-dashboard=true",
-                    f"--dashboard-port={dash}", "--disable-usage-stats"], check=True, env=cli_env(),
-                   capture_output=True, timeout=180)
+                    f"--dashboard-port={dash}", "--disable-usage-stats", f"--temp-dir={temp_dir}"], check=True,
+                   env=cli_env(), capture_output=True, timeout=180)
     try:
         yield {"address": f"127.0.0.1:{port}", "jobs": f"http://127.0.0.1:{dash}"}
     finally:
-        subprocess.run([ray, "stop", "--force"], env=cli_env(), capture_output=True, timeout=120)
+        for p in psutil.process_iter(["cmdline"]):
+            try:
+                if temp_dir in " ".join(p.info["cmdline"] or []):
+                    p.kill()
+            except psutil.Error:
+                continue
+        subprocess.run(["rm", "-rf", temp_dir], check=False)
 
 
 @pytest.fixture()

@@ -152,3 +152,16 @@ def test_prediction_empty_target_not():
 def test_bad_arguments_raise(call):
     with pytest.raises(ValueError):
         call()
+
+
+def test_a_mask_filling_the_volume_has_no_surface_and_scores_inf():
+    import math
+
+    import numpy as np
+
+    from models.metrics import compute_volume_metrics
+
+    gt = np.zeros((4, 16, 16), bool)
+    gt[1:3, 4:8, 4:8] = True
+    m = compute_volume_metrics(np.ones((4, 16, 16), bool), gt, (1.5, 1.5, 6.0))
+    assert math.isinf(m["assd"]) and math.isinf(m["mssd"]) and 0 < m["dice"] < 1
