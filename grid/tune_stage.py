@@ -88,7 +88,7 @@ def run_grid(exp: Experiment, cfg: ExperimentConfig, say=print) -> dict:
         tuner = tune.Tuner(
             _trainable(cfg),
             param_space={**base, "trial": tune.grid_search([s.to_dict() for s in todo])},
-            tune_config=tune.TuneConfig(max_concurrent_trials=cfg.grid.max_concurrent or None,
+            tune_config=tune.TuneConfig(max_concurrent_trials=cfg.grid.max_concurrent or None, reuse_actors=True,
                                         trial_name_creator=_trial_name, trial_dirname_creator=_trial_name),
             run_config=_run_config(exp, cfg, name),
         )
