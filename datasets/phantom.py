@@ -347,12 +347,12 @@ def _mr_contrast(rng: np.random.Generator, body: _Body, sequence: str) -> dict[s
         water = {"air": 0.0, "fat": 0.02, "muscle": muscle, "visceral": (1 - body.visceral_fat) * muscle,
                  "lung": 0.03, "heart": u(0.2, 0.9), "bone": 0.03, "marrow": u(0.25, 0.45), "disc": u(0.6, 1.0),
                  "csf": u(1.5, 2.2), "colon": u(0.2, 1.2), "gas": 0.01, "stomach_wall": muscle * 1.2,
-                 "stomach": u(0.2, 2.0), "liver": liver, "liver_vessel": liver * (u(1.3, 2.0) if rng.random() < 0.5
+                 "stomach": u(0.2, 1.4), "liver": liver, "liver_vessel": liver * (u(1.3, 2.0) if rng.random() < 0.5
                                                                                   else u(0.3, 0.7)),
                  "gallbladder": u(1.5, 2.4), "spleen": liver * u(1.5, 2.2), "right_kidney": liver * u(1.6, 2.4),
                  "aorta": u(0.05, 0.3) if rng.random() < 0.7 else u(0.8, 1.4), "ivc": u(0.2, 1.2)}
         water["right_kidney_medulla"] = water["right_kidney"] * u(1.1, 1.4)
-        loops = [u(0.2, 2.0) for _ in body.loops]
+        loops = [u(0.2, 1.4) for _ in body.loops]  # fluid brighter than 1.4 squeezed the liver into a few grey levels
         fat_signal = {"fat": fat_left, "visceral": body.visceral_fat * fat_left, "marrow": 0.5 * fat_left}
     else:
         muscle = u(0.45, 0.65)
